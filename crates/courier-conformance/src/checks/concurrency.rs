@@ -1,0 +1,98 @@
+//! Many producers and consumers at once, and `receive` cancelled inside `tokio::select!`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{MessageEnvelope, MessageQueue};
+use parking_lot::Mutex;
+
+use super::{assert_exactly_once, drain};
+use crate::support::WAIT;
+use crate::{Harness, TestQueue};
+
+const PRODUCERS: usize = 4;
+const CONSUMERS: usize = 4;
+const PER_PRODUCER: usize = 100;
+
+/// Four producers and four consumers on one queue: every message is completed exactly once,
+/// and the queue ends empty.
+pub async fn concurrent_producers_consumers<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let total = PRODUCERS * PER_PRODUCER;
+    let sent = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let completed = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let mut tasks = Vec::new();
+    for p in 0..PRODUCERS {
+        let queue = q.queue.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_PRODUCER {
+                let envelope = MessageEnvelope::new(None, "load", format!("{p}-{i}"));
+                sent.lock().push(envelope.message_id.clone());
+                queue.send(None, envelope).await.expect("send");
+            }
+        }));
+    }
+    for _ in 0..CONSUMERS {
+        let queue = q.queue.clone();
+        let completed = completed.clone();
+        tasks.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + WAIT * 3;
+            while completed.lock().len() < total && tokio::time::Instant::now() < deadline {
+                if let Some(m) = queue.receive(None, Duration::from_millis(100)).await.expect("receive") {
+                    queue.complete(&m).await.expect("complete");
+                    completed.lock().push(m.message_id.clone());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_exactly_once(&completed.lock(), &sent.lock());
+    if q.capabilities().can_message_count() {
+        assert_eq!(q.read_message_count().await.expect("count"), 0);
+    }
+}
+
+/// A `receive` dropped by `tokio::select!` before it returned takes no message: a consumer
+/// that keeps cancelling its receives still gets every message exactly once.
+pub async fn receive_is_cancel_safe<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let count = 200;
+    let producer = {
+        let queue = q.queue.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(count);
+            for i in 0..count {
+                let envelope = MessageEnvelope::new(None, "cancel", i.to_string());
+                ids.push(envelope.message_id.clone());
+                queue.send(None, envelope).await.expect("send");
+                if i % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            ids
+        })
+    };
+    let mut got = Vec::new();
+    let mut cancelled = 0usize;
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    while got.len() < count && tokio::time::Instant::now() < deadline {
+        // Alternate a receive that is almost always cancelled with one that may finish.
+        let patience = if got.len() % 2 == 0 { Duration::ZERO } else { Duration::from_micros(300) };
+        tokio::select! {
+            received = q.receive(None, Duration::from_millis(50)) => {
+                if let Some(m) = received.expect("receive") {
+                    q.complete(&m).await.expect("complete");
+                    got.push(m.message_id.clone());
+                }
+            }
+            () = tokio::time::sleep(patience) => cancelled += 1,
+        }
+    }
+    let sent = producer.await.expect("producer");
+    got.extend(drain(&q, Duration::from_millis(300)).await);
+    assert!(cancelled > 0, "no receive was cancelled");
+    assert_exactly_once(&got, &sent);
+}

@@ -1,0 +1,226 @@
+//! [`QueueBase`]: what every queue shares (pip-services' abstract `MessageQueue` class).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use metrics::Counter;
+
+use crate::listen::{ListenControl, run_listener};
+use crate::options::resolve_name;
+use crate::{
+    ConfigParams, ConnectionParams, CredentialParams, Error, MessageQueue, MessageReceiver,
+    QueueOptions, Result,
+};
+
+/// The state and behaviour every backend shares: name, options, connection and credential
+/// parameters (never shown with the password), the open flag, the `metrics` counters
+/// `queue.<name>.sent_messages` / `received_messages` / `dead_messages`, and the listen loops.
+///
+/// A backend embeds one and delegates to it:
+///
+/// ```
+/// use courier_core::{QueueBase, QueueOptions};
+///
+/// let base = QueueBase::new("my-backend", "orders", QueueOptions::default());
+/// assert_eq!(base.name(), "orders");
+/// assert!(base.check_open().is_err());
+/// base.set_open(true);
+/// assert!(base.check_open().is_ok());
+/// ```
+pub struct QueueBase {
+    backend: &'static str,
+    name: String,
+    options: QueueOptions,
+    connection: ConnectionParams,
+    credential: CredentialParams,
+    opened: AtomicBool,
+    sent: Counter,
+    received: Counter,
+    dead: Counter,
+    listen: ListenControl,
+}
+
+impl QueueBase {
+    /// A closed queue base for `backend` ("memory", "sqlite", ...) called `name`.
+    ///
+    /// The counters are registered with the `metrics` recorder installed now: install yours
+    /// before creating queues.
+    pub fn new(backend: &'static str, name: &str, options: QueueOptions) -> Self {
+        QueueBase {
+            backend,
+            name: name.to_owned(),
+            sent: metrics::counter!(format!("queue.{name}.sent_messages")),
+            received: metrics::counter!(format!("queue.{name}.received_messages")),
+            dead: metrics::counter!(format!("queue.{name}.dead_messages")),
+            options,
+            connection: ConnectionParams::default(),
+            credential: CredentialParams::default(),
+            opened: AtomicBool::new(false),
+            listen: ListenControl::new(),
+        }
+    }
+
+    /// A queue base configured from pip-services `config`: the name (see
+    /// [`resolve_name`](crate::resolve_name), falling back to `default_name`), `options.*`,
+    /// `connection.*` and `credential.*`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) if there is no name or a key is invalid.
+    pub fn from_config(
+        backend: &'static str,
+        config: &ConfigParams,
+        default_name: Option<&str>,
+    ) -> Result<Self> {
+        let name = resolve_name(config, default_name)
+            .ok_or_else(|| Error::config("name", "the queue needs a name (`name` or `queue`)"))?;
+        if name.is_empty() {
+            return Err(Error::config("name", "must not be empty"));
+        }
+        let mut base = QueueBase::new(backend, &name, QueueOptions::from_config(config)?);
+        base.connection = ConnectionParams::from_config(config)?;
+        base.credential = CredentialParams::from_config(config);
+        Ok(base)
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The queue's options.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// The connection parameters.
+    pub fn connection(&self) -> &ConnectionParams {
+        &self.connection
+    }
+
+    /// The credentials.
+    pub fn credential(&self) -> &CredentialParams {
+        &self.credential
+    }
+
+    /// Whether the queue is open.
+    pub fn is_open(&self) -> bool {
+        self.opened.load(Ordering::Acquire)
+    }
+
+    /// Marks the queue open or closed; returns the previous state.
+    pub fn set_open(&self, open: bool) -> bool {
+        self.opened.swap(open, Ordering::AcqRel)
+    }
+
+    /// `Ok` if the queue is open.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened): "The queue is not opened".
+    pub fn check_open(&self) -> Result<()> {
+        if self.is_open() {
+            Ok(())
+        } else {
+            Err(Error::not_opened(&self.name).with_backend(self.backend))
+        }
+    }
+
+    /// `Ok` if `capability` is true.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) naming `operation`.
+    pub fn check_capability(&self, capability: bool, operation: &str) -> Result<()> {
+        if capability {
+            Ok(())
+        } else {
+            Err(Error::unsupported(&self.name, operation).with_backend(self.backend))
+        }
+    }
+
+    /// Counts a sent message.
+    pub fn count_sent(&self) {
+        self.sent.increment(1);
+    }
+
+    /// Counts a received message.
+    pub fn count_received(&self) {
+        self.received.increment(1);
+    }
+
+    /// Counts a dead-lettered message.
+    pub fn count_dead(&self) {
+        self.dead.increment(1);
+    }
+
+    /// The listen loops' control.
+    pub fn listen_control(&self) -> &ListenControl {
+        &self.listen
+    }
+
+    /// Runs the shared `listen` loop over `queue` (the backend itself) with this base's options.
+    ///
+    /// # Errors
+    ///
+    /// As [`MessageQueue::listen`].
+    pub async fn listen(
+        &self,
+        queue: &dyn MessageQueue,
+        correlation_id: Option<&str>,
+        receiver: Arc<dyn MessageReceiver>,
+    ) -> Result<()> {
+        self.check_capability(queue.capabilities().can_receive(), "listen")?;
+        run_listener(queue, correlation_id, receiver, &self.options, &self.listen).await
+    }
+
+    /// Stops the listen loops and waits for them to drain (up to the drain timeout and a
+    /// second): the first half of every `close`.
+    pub async fn stop_listeners(&self) {
+        self.listen.end_listen();
+        let grace = self.options.drain_timeout + std::time::Duration::from_secs(1);
+        if !self.listen.wait_idle(grace).await {
+            tracing::warn!(queue = %self.name, "listen loops did not stop within the drain timeout");
+        }
+    }
+}
+
+impl fmt::Debug for QueueBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBase")
+            .field("backend", &self.backend)
+            .field("name", &self.name)
+            .field("open", &self.is_open())
+            .field("options", &self.options)
+            .field("connection", &self.connection)
+            .field("credential", &self.credential)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn from_config_resolves_name_and_hides_password() {
+        let config = ConfigParams::from_string(
+            "name=n;queue=q;connection.uri=amqp://u:pw@h;credential.username=u;credential.password=pw;options.lock_timeout=5",
+        )
+        .unwrap();
+        let base = QueueBase::from_config("test", &config, None).unwrap();
+        assert_eq!(base.name(), "q");
+        assert_eq!(base.credential().password(), Some("pw"));
+        let shown = format!("{base:?}");
+        assert!(!shown.contains("pw\"") && !shown.contains(":pw@"), "{shown}");
+        let err = QueueBase::from_config("test", &ConfigParams::new(), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+}

@@ -1,0 +1,275 @@
+//! Connection and credential parameters, URIs, and keeping passwords out of sight.
+
+use std::fmt;
+
+use url::Url;
+
+use crate::config::is_secret;
+use crate::{ConfigParams, Error, Result};
+
+/// Where a queue connects: pip-services' `connection.*` keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionParams {
+    /// `connection.uri`: the whole address. Shown redacted by `Debug`.
+    pub uri: Option<String>,
+    /// `connection.protocol` (the URI scheme).
+    pub protocol: Option<String>,
+    /// `connection.host`.
+    pub host: Option<String>,
+    /// `connection.port`.
+    pub port: Option<u16>,
+}
+
+impl ConnectionParams {
+    /// Reads the `connection.*` keys of `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) if `connection.port` is not a port number.
+    pub fn from_config(config: &ConfigParams) -> Result<Self> {
+        let c = config.get_section("connection");
+        let port = match c.get_as_u64("port").map_err(|_| Error::config("connection.port", "expected a port number"))? {
+            None => None,
+            Some(p) => Some(
+                u16::try_from(p).map_err(|_| Error::config("connection.port", "expected a port number"))?,
+            ),
+        };
+        Ok(ConnectionParams {
+            uri: c.get("uri").map(str::to_owned),
+            protocol: c.get("protocol").map(str::to_owned),
+            host: c.get("host").map(str::to_owned),
+            port,
+        })
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self == &ConnectionParams::default()
+    }
+}
+
+impl fmt::Debug for ConnectionParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionParams")
+            .field("uri", &self.uri.as_deref().map(redact_uri))
+            .field("protocol", &self.protocol)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+/// Who a queue connects as: pip-services' `credential.*` keys. The password is never shown.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialParams {
+    /// `credential.username`.
+    pub username: Option<String>,
+    password: Option<String>,
+}
+
+impl CredentialParams {
+    /// Creates credentials.
+    pub fn new(username: Option<String>, password: Option<String>) -> Self {
+        CredentialParams { username, password }
+    }
+
+    /// Reads the `credential.*` keys of `config`.
+    pub fn from_config(config: &ConfigParams) -> Self {
+        let c = config.get_section("credential");
+        CredentialParams {
+            username: c.get("username").map(str::to_owned),
+            password: c.get("password").map(str::to_owned),
+        }
+    }
+
+    /// The password, for handing to a client library. Never log it.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.username.is_none() && self.password.is_none()
+    }
+}
+
+impl fmt::Debug for CredentialParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialParams")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// `uri` with its password, and any query parameter that holds a secret, replaced by `***`.
+/// Text that is not a URI is returned with everything after a `:` in a `user:pass@` part hidden.
+///
+/// ```
+/// assert_eq!(
+///     courier_core::redact_uri("amqp://guest:secret@localhost:5672/%2f"),
+///     "amqp://guest:***@localhost:5672/%2f"
+/// );
+/// ```
+pub fn redact_uri(uri: &str) -> String {
+    match Url::parse(uri) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            if url.query_pairs().any(|(k, _)| is_secret(&k)) {
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if is_secret(&k) { "***".into() } else { v.into_owned() };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            url.to_string()
+        }
+        Err(_) => match (uri.find("://"), uri.rfind('@')) {
+            (Some(start), Some(at)) if at > start => {
+                let userinfo = &uri[start + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => format!("{}:***{}", &uri[..start + 3 + colon], &uri[at..]),
+                    None => uri.to_owned(),
+                }
+            }
+            _ => uri.to_owned(),
+        },
+    }
+}
+
+/// Turns a queue URI into [`ConfigParams`]:
+///
+/// * `connection.uri` (the whole URI), `connection.protocol` (the scheme), `connection.host`,
+///   `connection.port`, and `connection.path` (the path without its leading `/`);
+/// * `credential.username` / `credential.password` from the user-info part;
+/// * query parameters `queue` and `name` as they are, every other one under `options.`.
+///
+/// ```
+/// use courier_core::config_from_uri;
+///
+/// let c = config_from_uri("memory://orders?lock_timeout=200").unwrap();
+/// assert_eq!(c.get("connection.protocol"), Some("memory"));
+/// assert_eq!(c.get("connection.host"), Some("orders"));
+/// assert_eq!(c.get("options.lock_timeout"), Some("200"));
+/// ```
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) if `uri` does not parse or repeats a
+/// parameter. The message shows the URI redacted.
+pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
+    let url = Url::parse(uri).map_err(|e| {
+        Error::config("uri", format!("{:?} is not a valid URI: {e}", redact_uri(uri)))
+    })?;
+    let mut c = ConfigParams::new();
+    c.set("connection.uri", uri);
+    c.set("connection.protocol", url.scheme());
+    if let Some(host) = url.host_str().filter(|h| !h.is_empty()) {
+        c.set("connection.host", percent_decode(host));
+    }
+    if let Some(port) = url.port() {
+        c.set("connection.port", port.to_string());
+    }
+    let path = url.path().trim_start_matches('/');
+    if !path.is_empty() {
+        c.set("connection.path", percent_decode(path));
+    }
+    if !url.username().is_empty() {
+        c.set("credential.username", percent_decode(url.username()));
+    }
+    if let Some(password) = url.password() {
+        c.set("credential.password", percent_decode(password));
+    }
+    for (k, v) in url.query_pairs() {
+        let key = match k.as_ref() {
+            "queue" | "name" => k.clone().into_owned(),
+            _ => format!("options.{k}"),
+        };
+        if c.contains_key(&key) {
+            return Err(Error::config(&key, "is given more than once"));
+        }
+        c.set(key, v.into_owned());
+    }
+    Ok(c)
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// Checks that every `options.*` key of `config` is one of `known` (without the prefix):
+/// for URIs, where a misspelt parameter must not be ignored silently.
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the first unknown key.
+pub fn check_known_options(config: &ConfigParams, known: &[&str]) -> Result<()> {
+    for (key, _) in config.get_section("options").iter() {
+        if !known.contains(&key) {
+            return Err(Error::config(
+                &format!("options.{key}"),
+                format!("unknown option; known options are {}", known.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn uri_becomes_config() {
+        let c = config_from_uri("amqp://guest:p%40ss@localhost:5672/vhost?queue=orders&prefetch=10")
+            .unwrap();
+        assert_eq!(c.get("connection.host"), Some("localhost"));
+        assert_eq!(c.get("connection.port"), Some("5672"));
+        assert_eq!(c.get("connection.path"), Some("vhost"));
+        assert_eq!(c.get("credential.username"), Some("guest"));
+        assert_eq!(c.get("credential.password"), Some("p@ss"));
+        assert_eq!(c.get("queue"), Some("orders"));
+        assert_eq!(c.get("options.prefetch"), Some("10"));
+        let shown = format!("{c} {c:?}");
+        assert!(!shown.contains("p%40ss") && !shown.contains("p@ss"), "{shown}");
+    }
+
+    #[test]
+    fn bad_uri_is_config_error_without_password() {
+        let err = config_from_uri("not a uri :pw@").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        let dup = config_from_uri("memory://q?a=1&a=2").unwrap_err();
+        assert!(dup.to_string().contains("options.a"));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_uri("redis://:topsecret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact_uri("postgres://u@h/db?password=x&sslmode=disable"),
+            "postgres://u@h/db?password=***&sslmode=disable"
+        );
+        assert_eq!(redact_uri("no-uri://a:b@c d"), "no-uri://a:***@c d");
+        let creds = CredentialParams::new(Some("u".into()), Some("pw".into()));
+        assert!(!format!("{creds:?}").contains("pw\""));
+        assert_eq!(creds.password(), Some("pw"));
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let c = config_from_uri("memory://q?lock_timout=5").unwrap();
+        let err = check_known_options(&c, &crate::options::OPTION_KEYS).unwrap_err();
+        assert!(err.to_string().contains("options.lock_timout"), "{err}");
+    }
+}

@@ -1,0 +1,394 @@
+//! The [`MessageQueue`] trait, its extension [`MessageQueueExt`] and [`ListenHandle`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, MessageEnvelope, MessageReceiver, MessagingCapabilities, Result};
+
+/// A message queue with the whole pip-services surface.
+///
+/// Every backend (memory, SQL, brokers) implements this trait with the same semantics; where a
+/// backend cannot do something its [`capabilities`](MessageQueue::capabilities) say so and the
+/// operation fails with [`ErrorKind::Unsupported`].
+///
+/// # Delivery
+///
+/// [`receive`](MessageQueue::receive) takes the next message and *locks* it for the queue's
+/// lock timeout (`options.lock_timeout`, 30 s by default): while locked it is invisible to
+/// other receivers, to `peek` and to `read_message_count`. The holder then
+/// [`complete`](MessageQueue::complete)s it (deleted), [`abandon`](MessageQueue::abandon)s it
+/// (redelivered at once), [`move_to_dead_letter`](MessageQueue::move_to_dead_letter)s it, or
+/// lets the lock expire (redelivered). Each delivery counts; after `options.max_deliveries` a
+/// message that comes back goes to the dead-letter queue. Delivery is at least once.
+///
+/// # Closed queues
+///
+/// Every operation but `name`, `capabilities`, `is_open`, `open` and `close` fails with
+/// [`ErrorKind::NotOpened`] on a queue that is not open.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::{MemoryMessageQueue, MessageEnvelope, MessageQueue};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier_core::Result<()> {
+/// let queue = MemoryMessageQueue::new("orders");
+/// queue.open(None).await?;
+/// queue.send(None, MessageEnvelope::new(Some("123"), "order.created", "{\"id\":1}")).await?;
+/// let message = queue.receive(None, Duration::from_secs(1)).await?.expect("a message");
+/// assert_eq!(message.message_type, "order.created");
+/// queue.complete(&message).await?;
+/// assert_eq!(queue.read_message_count().await?, 0);
+/// queue.close(None).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait MessageQueue: Send + Sync {
+    /// The queue's name.
+    fn name(&self) -> &str;
+
+    /// What this queue can do.
+    fn capabilities(&self) -> MessagingCapabilities;
+
+    /// Whether the queue is open.
+    fn is_open(&self) -> bool;
+
+    /// Opens the queue: connects to its backend. Opening an open queue does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Connection`] if the backend cannot be reached, [`ErrorKind::Config`] if the
+    /// configuration is invalid.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled `open` leaves the queue closed.
+    async fn open(&self, correlation_id: Option<&str>) -> Result<()>;
+
+    /// Closes the queue: stops every `listen` loop, lets in-flight handlers finish (up to
+    /// `options.drain_timeout`, after which their messages are abandoned), then disconnects.
+    /// Closing a closed queue does nothing. Messages kept by a durable backend stay there.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Connection`] or [`ErrorKind::Backend`] if disconnecting fails; the queue is
+    /// closed anyway.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: a cancelled `close` may leave listeners stopped and the queue open.
+    async fn close(&self, correlation_id: Option<&str>) -> Result<()>;
+
+    /// The number of messages ready for delivery (locked messages are not counted).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_message_count` is false,
+    /// or a backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (it only reads).
+    async fn read_message_count(&self) -> Result<usize>;
+
+    /// Sends a message: stamps its `sent_time`, keeps its `message_id`. When this returns `Ok`
+    /// the message is stored (durably, on durable backends). A bounded queue
+    /// (`options.max_size`) waits here for room.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`], or a backend error; the message
+    /// was then not sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Memory queue: cancel safe, a cancelled send did not enqueue the message. Remote backends:
+    /// a cancelled send may or may not have stored the message (at-least-once: send again).
+    async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()>;
+
+    /// The next ready message, without removing or locking it; `None` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_peek` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (it only reads).
+    async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>>;
+
+    /// Up to `message_count` ready messages in order, without removing or locking them.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_peek_batch` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (it only reads).
+    async fn peek_batch(
+        &self,
+        correlation_id: Option<&str>,
+        message_count: usize,
+    ) -> Result<Vec<MessageEnvelope>>;
+
+    /// Takes the next message and locks it; waits up to `wait_timeout` for one to arrive
+    /// (returning at once when one is ready, also with a zero wait). `None` when the wait ends
+    /// empty-handed.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`] (also when the queue is closed during the wait),
+    /// [`ErrorKind::Unsupported`], or a backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped (for example in `tokio::select!`) before it
+    /// returns, no message was taken. (On remote backends a message taken by a request whose
+    /// answer is lost stays locked and is redelivered when the lock expires.)
+    async fn receive(
+        &self,
+        correlation_id: Option<&str>,
+        wait_timeout: Duration,
+    ) -> Result<Option<MessageEnvelope>>;
+
+    /// Extends the lock of a received `message` to now + `lock_timeout`. Does nothing if the
+    /// message's lock is unknown, released or already expired.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_renew_lock` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call either extended the lock or did not.
+    async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()>;
+
+    /// Deletes a received message for good. A no-op (not an error) if its lock is unknown or
+    /// already released (completed, abandoned, expired).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`] or a backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call either completed the message or left it locked.
+    async fn complete(&self, message: &MessageEnvelope) -> Result<()>;
+
+    /// Releases a received message's lock so that it is redelivered at once (or goes to the
+    /// dead-letter queue once it reached `options.max_deliveries`). A no-op if its lock is
+    /// unknown or already released.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_abandon` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call either abandoned the message or left it locked.
+    async fn abandon(&self, message: &MessageEnvelope) -> Result<()>;
+
+    /// Moves a received message to the queue's dead-letter queue (`options.dead_letter_queue`,
+    /// by default `<name>.dlq`), where it can be read like any queue. A no-op if its lock is
+    /// unknown or already released.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_dead_letter` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled call either moved the message or left it locked.
+    async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()>;
+
+    /// Hands every message to `receiver` until [`end_listen`](MessageQueue::end_listen) or
+    /// [`close`](MessageQueue::close); returns then, after in-flight handlers finished.
+    ///
+    /// Up to `options.listen_concurrency` messages are handled at once. A message the receiver
+    /// did not settle is completed when it returns `Ok` and abandoned when it returns `Err` or
+    /// panics (the panic is caught and logged). On stop, no new message is taken; handlers get
+    /// `options.drain_timeout` to finish, after which their messages are abandoned. A message
+    /// taken from the queue is never dropped undelivered.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`] if the queue is not open when `listen` starts,
+    /// [`ErrorKind::Unsupported`] if `can_receive` is false. Receive errors during the loop are
+    /// logged and retried; receiver errors are logged.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future stops listening at once: messages of handlers that were running stay
+    /// locked until their lock expires and are then redelivered. Prefer `end_listen`.
+    async fn listen(
+        &self,
+        correlation_id: Option<&str>,
+        receiver: Arc<dyn MessageReceiver>,
+    ) -> Result<()>;
+
+    /// Stops every running `listen` loop of this queue (they drain and return). A later
+    /// `listen` starts afresh; `clear` never restarts a stopped loop.
+    fn end_listen(&self, correlation_id: Option<&str>);
+
+    /// Removes every ready message. Locked messages are not touched (their holders may still
+    /// complete them).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`], [`ErrorKind::Unsupported`] if `can_clear` is false, or a
+    /// backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe on the memory queue; on remote backends a cancelled clear may have removed
+    /// some messages.
+    async fn clear(&self, correlation_id: Option<&str>) -> Result<()>;
+}
+
+macro_rules! forward_message_queue {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        #[deny(unconditional_recursion)]
+        impl<Q: MessageQueue + ?Sized> MessageQueue for $ptr<Q> {
+            fn name(&self) -> &str { (**self).name() }
+            fn capabilities(&self) -> MessagingCapabilities { (**self).capabilities() }
+            fn is_open(&self) -> bool { (**self).is_open() }
+            async fn open(&self, cid: Option<&str>) -> Result<()> { (**self).open(cid).await }
+            async fn close(&self, cid: Option<&str>) -> Result<()> { (**self).close(cid).await }
+            async fn read_message_count(&self) -> Result<usize> { (**self).read_message_count().await }
+            async fn send(&self, cid: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
+                (**self).send(cid, envelope).await
+            }
+            async fn peek(&self, cid: Option<&str>) -> Result<Option<MessageEnvelope>> {
+                (**self).peek(cid).await
+            }
+            async fn peek_batch(&self, cid: Option<&str>, n: usize) -> Result<Vec<MessageEnvelope>> {
+                (**self).peek_batch(cid, n).await
+            }
+            async fn receive(&self, cid: Option<&str>, wait: Duration) -> Result<Option<MessageEnvelope>> {
+                (**self).receive(cid, wait).await
+            }
+            async fn renew_lock(&self, m: &MessageEnvelope, t: Duration) -> Result<()> {
+                (**self).renew_lock(m, t).await
+            }
+            async fn complete(&self, m: &MessageEnvelope) -> Result<()> { (**self).complete(m).await }
+            async fn abandon(&self, m: &MessageEnvelope) -> Result<()> { (**self).abandon(m).await }
+            async fn move_to_dead_letter(&self, m: &MessageEnvelope) -> Result<()> {
+                (**self).move_to_dead_letter(m).await
+            }
+            async fn listen(&self, cid: Option<&str>, r: Arc<dyn MessageReceiver>) -> Result<()> {
+                (**self).listen(cid, r).await
+            }
+            fn end_listen(&self, cid: Option<&str>) { (**self).end_listen(cid) }
+            async fn clear(&self, cid: Option<&str>) -> Result<()> { (**self).clear(cid).await }
+        }
+    )*};
+}
+
+forward_message_queue!(Arc, Box);
+
+/// Conveniences on top of every [`MessageQueue`]: pip-services' `sendAsObject` and
+/// `beginListen`.
+#[async_trait]
+pub trait MessageQueueExt: MessageQueue {
+    /// Sends `value` as a message of type `message_type`: a string as its UTF-8 text, anything
+    /// else as JSON (see [`MessageEnvelope::from_object`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidMessage`] if `value` cannot be serialized, else as
+    /// [`send`](MessageQueue::send).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send`](MessageQueue::send).
+    async fn send_as_object<T: Serialize + Sync + ?Sized>(
+        &self,
+        correlation_id: Option<&str>,
+        message_type: &str,
+        value: &T,
+    ) -> Result<()> {
+        let envelope = MessageEnvelope::from_object(correlation_id, message_type, value)?;
+        self.send(correlation_id, envelope).await
+    }
+
+    /// Runs [`listen`](MessageQueue::listen) in a background task and returns at once. Stop it
+    /// with [`end_listen`](MessageQueue::end_listen) or `close`, then
+    /// [`join`](ListenHandle::join) the handle to wait for the drain.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a Tokio runtime.
+    fn begin_listen(
+        &self,
+        correlation_id: Option<&str>,
+        receiver: Arc<dyn MessageReceiver>,
+    ) -> ListenHandle
+    where
+        Self: Clone + Sized + 'static,
+    {
+        let queue = self.clone();
+        let correlation_id = correlation_id.map(str::to_owned);
+        ListenHandle {
+            task: tokio::spawn(async move { queue.listen(correlation_id.as_deref(), receiver).await }),
+        }
+    }
+}
+
+impl<Q: MessageQueue + ?Sized> MessageQueueExt for Q {}
+
+/// A `listen` loop running in the background, from [`MessageQueueExt::begin_listen`].
+///
+/// Dropping the handle does not stop the loop: stop it with `end_listen` or `close`.
+pub struct ListenHandle {
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ListenHandle {
+    /// Waits for the loop to end and returns what `listen` returned.
+    ///
+    /// # Errors
+    ///
+    /// What `listen` returned, or [`ErrorKind::Backend`] if the loop task panicked or was
+    /// aborted.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the loop goes on if this future is dropped.
+    pub async fn join(self) -> Result<()> {
+        self.task.await.unwrap_or_else(|e| {
+            Err(Error::new(ErrorKind::Backend, "the listen task failed").with_source(e))
+        })
+    }
+
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the loop task at once, without draining (prefer `end_listen`).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for ListenHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenHandle")
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
