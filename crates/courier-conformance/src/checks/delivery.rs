@@ -100,6 +100,7 @@ pub async fn max_deliveries_dead_letters<H: Harness>(h: &H) {
     if !(h.features().max_deliveries && caps.can_abandon() && caps.can_dead_letter()) {
         return;
     }
+    let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
     let ids = send_numbered(&q, 1).await;
     for delivery in 1..=2 {
         let m = q.must_receive().await;
@@ -107,7 +108,6 @@ pub async fn max_deliveries_dead_letters<H: Harness>(h: &H) {
         q.abandon(&m).await.expect("abandon");
     }
     assert!(q.receive(None, SHORT).await.expect("receive").is_none(), "redelivered past max_deliveries");
-    let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
     let dead = dlq.must_receive().await;
     assert_eq!(dead.message_id, ids[0]);
     assert_eq!(dead.message_type, "type-0");
@@ -121,12 +121,13 @@ pub async fn dead_letter_round_trip<H: Harness>(h: &H) {
     if !q.capabilities().can_dead_letter() {
         return;
     }
+    // Opened first, so that push brokers are subscribed when the dead letter arrives.
+    let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
     let sent = fixture_envelope();
     q.send(None, sent.clone()).await.expect("send");
     let m = q.must_receive().await;
     q.move_to_dead_letter(&m).await.expect("move_to_dead_letter");
     assert!(q.receive(None, SHORT).await.expect("receive").is_none());
-    let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
     let dead = dlq.must_receive().await;
     assert_eq!(dead.message_id, sent.message_id);
     assert_eq!(dead.message_type, sent.message_type);
