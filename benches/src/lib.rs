@@ -1,1 +1,176 @@
-//! x
+//! Workloads shared by the benchmarks: the same work done through courier, a raw Tokio
+//! channel and omniqueue's in-memory queue, so that each run can report ratios.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier::{MemoryMessageQueue, MessageEnvelope, MessageQueue};
+use omniqueue::backends::InMemoryBackend;
+use tokio::sync::mpsc;
+
+/// A payload of `size` bytes.
+pub fn payload(size: usize) -> Bytes {
+    Bytes::from(vec![b'x'; size])
+}
+
+fn envelope(payload: &Bytes) -> MessageEnvelope {
+    MessageEnvelope::new(None, "bench", payload.clone())
+}
+
+/// `messages` envelopes through each of `pairs` raw unbounded channels, one producer and one
+/// consumer task per channel. Returns the elapsed time.
+pub async fn raw_channel(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..pairs {
+        let (tx, mut rx) = mpsc::unbounded_channel::<MessageEnvelope>();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                tx.send(envelope(&payload)).expect("send");
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                std::hint::black_box(rx.recv().await.expect("recv"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    start.elapsed()
+}
+
+/// `messages` envelopes through each of `pairs` memory queues, through the `MessageQueue`
+/// trait: send, receive, complete. Returns the elapsed time.
+pub async fn courier_memory(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
+    let queues: Vec<std::sync::Arc<dyn MessageQueue>> = (0..pairs)
+        .map(|i| std::sync::Arc::new(MemoryMessageQueue::new(&format!("bench-{i}"))) as _)
+        .collect();
+    for q in &queues {
+        q.open(None).await.expect("open");
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for q in &queues {
+        let producer = q.clone();
+        let consumer = q.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                producer.send(None, envelope(&payload)).await.expect("send");
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                let m = consumer
+                    .receive(None, Duration::from_secs(10))
+                    .await
+                    .expect("receive")
+                    .expect("a message");
+                consumer.complete(&m).await.expect("complete");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    start.elapsed()
+}
+
+/// `messages` payloads through each of `pairs` omniqueue in-memory queues: `send_raw`,
+/// `receive`, `ack`. Returns the elapsed time.
+pub async fn omniqueue_memory(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
+    let mut built = Vec::new();
+    for _ in 0..pairs {
+        built.push(
+            InMemoryBackend::builder()
+                .build_pair()
+                .await
+                .expect("omniqueue pair"),
+        );
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (producer, mut consumer) in built {
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                producer.send_raw(&payload).await.expect("send_raw");
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..messages {
+                let d = consumer.receive().await.expect("receive");
+                d.ack().await.map_err(|(e, _)| e).expect("ack");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    start.elapsed()
+}
+
+/// Median time from the start of a `send` to the return of a `receive` that was already
+/// waiting, over `samples` messages.
+pub async fn courier_wakeup(samples: usize) -> Duration {
+    let q = MemoryMessageQueue::new("bench-wakeup");
+    q.open(None).await.expect("open");
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let consumer = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            for _ in 0..samples {
+                let m = q
+                    .receive(None, Duration::from_secs(10))
+                    .await
+                    .expect("receive")
+                    .expect("a message");
+                done_tx.send(Instant::now()).expect("report");
+                q.complete(&m).await.expect("complete");
+            }
+        })
+    };
+    let payload = payload(64);
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(1)).await; // the consumer is parked in receive
+        let e = envelope(&payload);
+        let sent = Instant::now();
+        q.send(None, e).await.expect("send");
+        latencies.push(done_rx.recv().await.expect("reported") - sent);
+    }
+    consumer.await.expect("consumer");
+    median(latencies)
+}
+
+/// The same measurement with a raw channel's `recv`.
+pub async fn raw_wakeup(samples: usize) -> Duration {
+    let (tx, mut rx) = mpsc::unbounded_channel::<MessageEnvelope>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let consumer = tokio::spawn(async move {
+        for _ in 0..samples {
+            std::hint::black_box(rx.recv().await.expect("recv"));
+            done_tx.send(Instant::now()).expect("report");
+        }
+    });
+    let payload = payload(64);
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let e = envelope(&payload);
+        let sent = Instant::now();
+        tx.send(e).expect("send");
+        latencies.push(done_rx.recv().await.expect("reported") - sent);
+    }
+    consumer.await.expect("consumer");
+    median(latencies)
+}
+
+/// The median of `samples`.
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}

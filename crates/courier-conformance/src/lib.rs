@@ -148,7 +148,11 @@ pub async fn run_stress<H: Harness>(harness: Arc<H>, times: usize) {
             failed.push(format!("{name} (round {round})"));
         }
     }
-    assert!(failed.is_empty(), "stress: failed checks: {}", failed.join(", "));
+    assert!(
+        failed.is_empty(),
+        "stress: failed checks: {}",
+        failed.join(", ")
+    );
 }
 
 /// For a harness whose service is unavailable: prints `SKIPPED <backend>: <reason>` and

@@ -56,7 +56,11 @@ impl TestMessageReceiver {
 
 #[async_trait]
 impl MessageReceiver for TestMessageReceiver {
-    async fn receive_message(&self, envelope: &MessageEnvelope, _queue: &dyn MessageQueue) -> Result<()> {
+    async fn receive_message(
+        &self,
+        envelope: &MessageEnvelope,
+        _queue: &dyn MessageQueue,
+    ) -> Result<()> {
         self.messages.lock().push(envelope.clone());
         self.arrived.notify_waiters();
         Ok(())

@@ -27,7 +27,9 @@ pub struct TestQueue {
 
 impl std::fmt::Debug for TestQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestQueue").field("name", &self.name).finish()
+        f.debug_struct("TestQueue")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -219,7 +219,10 @@ mod tests {
         assert_eq!(base.name(), "q");
         assert_eq!(base.credential().password(), Some("pw"));
         let shown = format!("{base:?}");
-        assert!(!shown.contains("pw\"") && !shown.contains(":pw@"), "{shown}");
+        assert!(
+            !shown.contains("pw\"") && !shown.contains(":pw@"),
+            "{shown}"
+        );
         let err = QueueBase::from_config("test", &ConfigParams::new(), None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
     }

@@ -203,7 +203,12 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
                 return Err(e);
             }
         }
-        tracing::debug!(queue = self.name(), correlation_id, "Opened queue {}", self.name());
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Opened queue {}",
+            self.name()
+        );
         Ok(())
     }
 
@@ -223,28 +228,48 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         let disconnected = self.broker.disconnect(correlation_id).await;
         self.cache.clear(correlation_id).await?;
         self.cache.close(correlation_id).await?;
-        tracing::trace!(queue = self.name(), correlation_id, "Closed queue [{}]", self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Closed queue [{}]",
+            self.name()
+        );
         unsubscribed.and(disconnected)
     }
 
     async fn read_message_count(&self) -> Result<usize> {
-        self.base.check_capability(self.capabilities().can_message_count(), "read_message_count")?;
+        self.base.check_capability(
+            self.capabilities().can_message_count(),
+            "read_message_count",
+        )?;
         self.ready(None).await?;
         self.cache.read_message_count().await
     }
 
-    async fn send(&self, correlation_id: Option<&str>, mut envelope: MessageEnvelope) -> Result<()> {
+    async fn send(
+        &self,
+        correlation_id: Option<&str>,
+        mut envelope: MessageEnvelope,
+    ) -> Result<()> {
         self.base.check_open()?;
-        self.base.check_capability(self.capabilities().can_send(), "send")?;
+        self.base
+            .check_capability(self.capabilities().can_send(), "send")?;
         envelope.sent_time = Some(chrono::Utc::now());
         self.broker.send(correlation_id, &envelope).await?;
         self.base.count_sent();
-        tracing::debug!(queue = self.name(), correlation_id, "Sent message {} via {}", envelope, self.name());
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Sent message {} via {}",
+            envelope,
+            self.name()
+        );
         Ok(())
     }
 
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
-        self.base.check_capability(self.capabilities().can_peek(), "peek")?;
+        self.base
+            .check_capability(self.capabilities().can_peek(), "peek")?;
         self.ready(correlation_id).await?;
         self.cache.peek(correlation_id).await
     }
@@ -254,7 +279,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
-        self.base.check_capability(self.capabilities().can_peek_batch(), "peek_batch")?;
+        self.base
+            .check_capability(self.capabilities().can_peek_batch(), "peek_batch")?;
         self.ready(correlation_id).await?;
         self.cache.peek_batch(correlation_id, message_count).await
     }
@@ -264,7 +290,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
-        self.base.check_capability(self.capabilities().can_receive(), "receive")?;
+        self.base
+            .check_capability(self.capabilities().can_receive(), "receive")?;
         self.ready(correlation_id).await?;
         let message = self.cache.receive(correlation_id, wait_timeout).await;
         if matches!(&message, Err(e) if e.kind() == crate::ErrorKind::NotOpened) {
@@ -275,7 +302,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
         self.base.check_open()?;
-        self.base.check_capability(self.capabilities().can_renew_lock(), "renew_lock")?;
+        self.base
+            .check_capability(self.capabilities().can_renew_lock(), "renew_lock")?;
         self.cache.renew_lock(message, lock_timeout).await
     }
 
@@ -290,7 +318,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        self.base.check_capability(self.capabilities().can_abandon(), "abandon")?;
+        self.base
+            .check_capability(self.capabilities().can_abandon(), "abandon")?;
         if self.cache.holds_lock(message) {
             self.broker.abandon(message).await?;
             self.cache.abandon(message).await?;
@@ -300,7 +329,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        self.base.check_capability(self.capabilities().can_dead_letter(), "move_to_dead_letter")?;
+        self.base
+            .check_capability(self.capabilities().can_dead_letter(), "move_to_dead_letter")?;
         if self.cache.holds_lock(message) {
             self.broker
                 .move_to_dead_letter(message)
@@ -327,7 +357,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base.check_open()?;
-        self.base.check_capability(self.capabilities().can_clear(), "clear")?;
+        self.base
+            .check_capability(self.capabilities().can_clear(), "clear")?;
         self.cache.clear(correlation_id).await
     }
 }

@@ -60,7 +60,9 @@ impl MessagingCapabilities {
 
     /// Every flag false (the pip-services default of the abstract queue).
     pub const fn none() -> Self {
-        Self::new(false, false, false, false, false, false, false, false, false)
+        Self::new(
+            false, false, false, false, false, false, false, false, false,
+        )
     }
 
     /// `read_message_count` works.

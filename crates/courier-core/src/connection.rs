@@ -29,10 +29,14 @@ impl ConnectionParams {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) if `connection.port` is not a port number.
     pub fn from_config(config: &ConfigParams) -> Result<Self> {
         let c = config.get_section("connection");
-        let port = match c.get_as_u64("port").map_err(|_| Error::config("connection.port", "expected a port number"))? {
+        let port = match c
+            .get_as_u64("port")
+            .map_err(|_| Error::config("connection.port", "expected a port number"))?
+        {
             None => None,
             Some(p) => Some(
-                u16::try_from(p).map_err(|_| Error::config("connection.port", "expected a port number"))?,
+                u16::try_from(p)
+                    .map_err(|_| Error::config("connection.port", "expected a port number"))?,
             ),
         };
         Ok(ConnectionParams {
@@ -123,7 +127,11 @@ pub fn redact_uri(uri: &str) -> String {
                 let pairs: Vec<(String, String)> = url
                     .query_pairs()
                     .map(|(k, v)| {
-                        let v = if is_secret(&k) { "***".into() } else { v.into_owned() };
+                        let v = if is_secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
                         (k.into_owned(), v)
                     })
                     .collect();
@@ -166,7 +174,10 @@ pub fn redact_uri(uri: &str) -> String {
 /// parameter. The message shows the URI redacted.
 pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
     let url = Url::parse(uri).map_err(|e| {
-        Error::config("uri", format!("{:?} is not a valid URI: {e}", redact_uri(uri)))
+        Error::config(
+            "uri",
+            format!("{:?} is not a valid URI: {e}", redact_uri(uri)),
+        )
     })?;
     let mut c = ConfigParams::new();
     c.set("connection.uri", uri);
@@ -232,8 +243,9 @@ mod tests {
 
     #[test]
     fn uri_becomes_config() {
-        let c = config_from_uri("amqp://guest:p%40ss@localhost:5672/vhost?queue=orders&prefetch=10")
-            .unwrap();
+        let c =
+            config_from_uri("amqp://guest:p%40ss@localhost:5672/vhost?queue=orders&prefetch=10")
+                .unwrap();
         assert_eq!(c.get("connection.host"), Some("localhost"));
         assert_eq!(c.get("connection.port"), Some("5672"));
         assert_eq!(c.get("connection.path"), Some("vhost"));
@@ -242,7 +254,10 @@ mod tests {
         assert_eq!(c.get("queue"), Some("orders"));
         assert_eq!(c.get("options.prefetch"), Some("10"));
         let shown = format!("{c} {c:?}");
-        assert!(!shown.contains("p%40ss") && !shown.contains("p@ss"), "{shown}");
+        assert!(
+            !shown.contains("p%40ss") && !shown.contains("p@ss"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -255,7 +270,10 @@ mod tests {
 
     #[test]
     fn redaction() {
-        assert_eq!(redact_uri("redis://:topsecret@h:6379"), "redis://:***@h:6379");
+        assert_eq!(
+            redact_uri("redis://:topsecret@h:6379"),
+            "redis://:***@h:6379"
+        );
         assert_eq!(
             redact_uri("postgres://u@h/db?password=x&sslmode=disable"),
             "postgres://u@h/db?password=***&sslmode=disable"

@@ -71,7 +71,9 @@ impl FromStr for Descriptor {
     fn from_str(text: &str) -> Result<Self> {
         let parts: Vec<&str> = text.split(':').collect();
         match parts.as_slice() {
-            [g, t, k, n, v] if parts.iter().all(|p| !p.is_empty()) => Ok(Descriptor::new(g, t, k, n, v)),
+            [g, t, k, n, v] if parts.iter().all(|p| !p.is_empty()) => {
+                Ok(Descriptor::new(g, t, k, n, v))
+            }
             _ => Err(Error::config(
                 "descriptor",
                 format!("{text:?} is not of the form group:type:kind:name:version"),
@@ -185,7 +187,9 @@ impl DefaultMessagingFactory {
             Descriptor::new("pip-services", "message-queue", "memory", "*", "1.0"),
             Box::new(|locator, config| {
                 let config = named_config(locator, config)?;
-                Ok(Component::Queue(Arc::new(MemoryMessageQueue::with_config(&config)?)))
+                Ok(Component::Queue(Arc::new(MemoryMessageQueue::with_config(
+                    &config,
+                )?)))
             }),
         );
         factory.register(
@@ -228,7 +232,9 @@ impl DefaultMessagingFactory {
             .registrations
             .iter()
             .find(|(d, _)| d.matches(locator))
-            .ok_or_else(|| Error::config("descriptor", format!("no factory can create {locator}")))?;
+            .ok_or_else(|| {
+                Error::config("descriptor", format!("no factory can create {locator}"))
+            })?;
         constructor(locator, &self.config)
     }
 
@@ -254,7 +260,11 @@ impl fmt::Debug for DefaultMessagingFactory {
         f.debug_struct("DefaultMessagingFactory")
             .field(
                 "locators",
-                &self.registrations.iter().map(|(d, _)| d.to_string()).collect::<Vec<_>>(),
+                &self
+                    .registrations
+                    .iter()
+                    .map(|(d, _)| d.to_string())
+                    .collect::<Vec<_>>(),
             )
             .field("config", &self.config)
             .finish()
@@ -273,7 +283,10 @@ pub fn named_config(locator: &Descriptor, config: &ConfigParams) -> Result<Confi
         config.set("name", locator.name());
     }
     if resolve_name(&config, None).is_none() {
-        return Err(Error::config("name", format!("{locator} does not name the queue")));
+        return Err(Error::config(
+            "name",
+            format!("{locator} does not name the queue"),
+        ));
     }
     Ok(config)
 }
@@ -315,7 +328,9 @@ fn schemes() -> &'static Schemes {
 
 /// Makes `scheme://...` URIs create queues with `provider` (replacing any earlier provider).
 pub fn register_scheme(scheme: &str, provider: Arc<dyn QueueProvider>) {
-    schemes().write().insert(scheme.to_ascii_lowercase(), provider);
+    schemes()
+        .write()
+        .insert(scheme.to_ascii_lowercase(), provider);
 }
 
 /// The URI schemes that have a provider, sorted.
@@ -333,7 +348,10 @@ pub fn registered_schemes() -> Vec<String> {
 /// provider, or a parameter is unknown or invalid. Errors show the URI without its password.
 pub fn create_from_uri(uri: &str) -> Result<Arc<dyn MessageQueue>> {
     let config = config_from_uri(uri)?;
-    let scheme = config.get("connection.protocol").unwrap_or_default().to_owned();
+    let scheme = config
+        .get("connection.protocol")
+        .unwrap_or_default()
+        .to_owned();
     let provider = schemes().read().get(&scheme).cloned().ok_or_else(|| {
         Error::config(
             "uri",
@@ -389,7 +407,10 @@ fn create_memory(config: &ConfigParams) -> Result<Arc<dyn MessageQueue>> {
     };
     let name = resolve_name(config, Some(&default_name)).unwrap_or_default();
     if name.is_empty() {
-        return Err(Error::config("uri", "memory:// needs a queue name: memory://NAME"));
+        return Err(Error::config(
+            "uri",
+            "memory:// needs a queue name: memory://NAME",
+        ));
     }
     Ok(Arc::new(MemoryMessageQueue::shared(&name, config)?))
 }
@@ -406,7 +427,10 @@ mod tests {
         let v2: Descriptor = "pip-services:message-queue:memory:x:2.0".parse().unwrap();
         assert!(!d.matches(&v2));
         for bad in ["a:b:c:d", "a:b:c:d:e:f", "a::c:d:e"] {
-            assert_eq!(bad.parse::<Descriptor>().unwrap_err().kind(), ErrorKind::Config);
+            assert_eq!(
+                bad.parse::<Descriptor>().unwrap_err().kind(),
+                ErrorKind::Config
+            );
         }
     }
 
@@ -422,9 +446,15 @@ mod tests {
         assert!(factory.create_queue(&locator).is_err());
         let unknown: Descriptor = "pip-services:message-queue:kafka:x:1.0".parse().unwrap();
         assert!(factory.can_create(&unknown).is_none());
-        assert_eq!(factory.create(&unknown).unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(
+            factory.create(&unknown).unwrap_err().kind(),
+            ErrorKind::Config
+        );
         let unnamed: Descriptor = "pip-services:message-queue:memory:*:1.0".parse().unwrap();
-        assert_eq!(factory.create(&unnamed).unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(
+            factory.create(&unnamed).unwrap_err().kind(),
+            ErrorKind::Config
+        );
     }
 
     #[test]

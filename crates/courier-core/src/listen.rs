@@ -125,7 +125,12 @@ pub async fn run_listener(
     if !queue.is_open() {
         return Err(crate::Error::not_opened(queue.name()));
     }
-    tracing::trace!(queue = queue.name(), correlation_id, "Started listening messages at [{}]", queue.name());
+    tracing::trace!(
+        queue = queue.name(),
+        correlation_id,
+        "Started listening messages at [{}]",
+        queue.name()
+    );
     let concurrency = options.listen_concurrency.max(1);
     let mut in_flight = FuturesUnordered::new();
     // Messages taken and not yet handled to the end, by sequence number.
@@ -168,12 +173,22 @@ pub async fn run_listener(
     .is_ok();
     drop(in_flight);
     if !drained {
-        tracing::warn!(queue = queue.name(), correlation_id, count = taken.len(), "Drain timeout: abandoning messages still being handled");
+        tracing::warn!(
+            queue = queue.name(),
+            correlation_id,
+            count = taken.len(),
+            "Drain timeout: abandoning messages still being handled"
+        );
         for envelope in taken.values() {
             release(queue, envelope, Settle::Abandon).await;
         }
     }
-    tracing::trace!(queue = queue.name(), correlation_id, "Stopped listening messages at [{}]", queue.name());
+    tracing::trace!(
+        queue = queue.name(),
+        correlation_id,
+        "Stopped listening messages at [{}]",
+        queue.name()
+    );
     Ok(())
 }
 

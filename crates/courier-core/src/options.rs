@@ -81,7 +81,9 @@ impl QueueOptions {
         if let Some(v) = config.get_as_duration_ms("listen_interval")? {
             o.listen_interval = v;
         }
-        if let Some(v) = positive(config, "options.lock_timeout", |c, k| c.get_as_duration_ms(k))? {
+        if let Some(v) = positive(config, "options.lock_timeout", |c, k| {
+            c.get_as_duration_ms(k)
+        })? {
             o.lock_timeout = v;
         }
         if let Some(v) = positive(config, "options.max_deliveries", |c, k| c.get_as_u64(k))? {
@@ -89,14 +91,19 @@ impl QueueOptions {
         }
         if let Some(v) = config.get("options.dead_letter_queue") {
             if v.is_empty() {
-                return Err(Error::config("options.dead_letter_queue", "must not be empty"));
+                return Err(Error::config(
+                    "options.dead_letter_queue",
+                    "must not be empty",
+                ));
             }
             o.dead_letter_queue = Some(v.to_owned());
         }
         if let Some(v) = config.get_as_duration_ms("options.listen_interval")? {
             o.listen_interval = v;
         }
-        if let Some(v) = positive(config, "options.listen_concurrency", |c, k| c.get_as_usize(k))? {
+        if let Some(v) = positive(config, "options.listen_concurrency", |c, k| {
+            c.get_as_usize(k)
+        })? {
             o.listen_concurrency = v;
         }
         if let Some(v) = config.get_as_duration_ms("options.drain_timeout")? {
@@ -191,7 +198,8 @@ mod tests {
             ("options.drain_timeout", "1s"),
             ("options.dead_letter_queue", ""),
         ] {
-            let err = QueueOptions::from_config(&ConfigParams::from_tuples([(key, value)])).unwrap_err();
+            let err =
+                QueueOptions::from_config(&ConfigParams::from_tuples([(key, value)])).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Config);
             assert!(err.to_string().contains(key), "{err}");
         }
@@ -200,10 +208,17 @@ mod tests {
     #[test]
     fn name_resolution_order() {
         let c = |s| ConfigParams::from_string(s).unwrap();
-        assert_eq!(resolve_name(&c("name=n1;queue=qq"), None).as_deref(), Some("qq"));
+        assert_eq!(
+            resolve_name(&c("name=n1;queue=qq"), None).as_deref(),
+            Some("qq")
+        );
         assert_eq!(resolve_name(&c("id=i"), Some("d")).as_deref(), Some("i"));
         assert_eq!(
-            resolve_name(&c("descriptor=pip-services:message-queue:memory:dq:1.0"), None).as_deref(),
+            resolve_name(
+                &c("descriptor=pip-services:message-queue:memory:dq:1.0"),
+                None
+            )
+            .as_deref(),
             Some("dq")
         );
         assert_eq!(resolve_name(&c(""), Some("d")).as_deref(), Some("d"));

@@ -1,6 +1,8 @@
 //! The [`MessageQueue`] trait, its extension [`MessageQueueExt`] and [`ListenHandle`].
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,42 +260,46 @@ pub trait MessageQueue: Send + Sync {
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()>;
 }
 
+/// The future every `MessageQueue` method returns (what `#[async_trait]` generates).
+type QueueFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// `MessageQueue` for `Arc<Q>` and `Box<Q>`: hands back the inner queue's future as it is,
+/// without boxing it a second time (these impls are on the path of every `Arc<dyn
+/// MessageQueue>` call).
 macro_rules! forward_message_queue {
     ($($ptr:ident),*) => {$(
-        #[async_trait]
         #[deny(unconditional_recursion)]
         impl<Q: MessageQueue + ?Sized> MessageQueue for $ptr<Q> {
             fn name(&self) -> &str { (**self).name() }
             fn capabilities(&self) -> MessagingCapabilities { (**self).capabilities() }
             fn is_open(&self) -> bool { (**self).is_open() }
-            async fn open(&self, cid: Option<&str>) -> Result<()> { (**self).open(cid).await }
-            async fn close(&self, cid: Option<&str>) -> Result<()> { (**self).close(cid).await }
-            async fn read_message_count(&self) -> Result<usize> { (**self).read_message_count().await }
-            async fn send(&self, cid: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
-                (**self).send(cid, envelope).await
-            }
-            async fn peek(&self, cid: Option<&str>) -> Result<Option<MessageEnvelope>> {
-                (**self).peek(cid).await
-            }
-            async fn peek_batch(&self, cid: Option<&str>, n: usize) -> Result<Vec<MessageEnvelope>> {
-                (**self).peek_batch(cid, n).await
-            }
-            async fn receive(&self, cid: Option<&str>, wait: Duration) -> Result<Option<MessageEnvelope>> {
-                (**self).receive(cid, wait).await
-            }
-            async fn renew_lock(&self, m: &MessageEnvelope, t: Duration) -> Result<()> {
-                (**self).renew_lock(m, t).await
-            }
-            async fn complete(&self, m: &MessageEnvelope) -> Result<()> { (**self).complete(m).await }
-            async fn abandon(&self, m: &MessageEnvelope) -> Result<()> { (**self).abandon(m).await }
-            async fn move_to_dead_letter(&self, m: &MessageEnvelope) -> Result<()> {
-                (**self).move_to_dead_letter(m).await
-            }
-            async fn listen(&self, cid: Option<&str>, r: Arc<dyn MessageReceiver>) -> Result<()> {
-                (**self).listen(cid, r).await
-            }
+            fn open<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).open(cid) }
+            fn close<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).close(cid) }
+            fn read_message_count<'s, 'f>(&'s self) -> QueueFuture<'f, usize>
+            where 's: 'f, Self: 'f { (**self).read_message_count() }
+            fn send<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, envelope: MessageEnvelope) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).send(cid, envelope) }
+            fn peek<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, Option<MessageEnvelope>>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).peek(cid) }
+            fn peek_batch<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, n: usize) -> QueueFuture<'f, Vec<MessageEnvelope>>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).peek_batch(cid, n) }
+            fn receive<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, wait: Duration) -> QueueFuture<'f, Option<MessageEnvelope>>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).receive(cid, wait) }
+            fn renew_lock<'s, 'm, 'f>(&'s self, m: &'m MessageEnvelope, t: Duration) -> QueueFuture<'f, ()>
+            where 's: 'f, 'm: 'f, Self: 'f { (**self).renew_lock(m, t) }
+            fn complete<'s, 'm, 'f>(&'s self, m: &'m MessageEnvelope) -> QueueFuture<'f, ()>
+            where 's: 'f, 'm: 'f, Self: 'f { (**self).complete(m) }
+            fn abandon<'s, 'm, 'f>(&'s self, m: &'m MessageEnvelope) -> QueueFuture<'f, ()>
+            where 's: 'f, 'm: 'f, Self: 'f { (**self).abandon(m) }
+            fn move_to_dead_letter<'s, 'm, 'f>(&'s self, m: &'m MessageEnvelope) -> QueueFuture<'f, ()>
+            where 's: 'f, 'm: 'f, Self: 'f { (**self).move_to_dead_letter(m) }
+            fn listen<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, r: Arc<dyn MessageReceiver>) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).listen(cid, r) }
             fn end_listen(&self, cid: Option<&str>) { (**self).end_listen(cid) }
-            async fn clear(&self, cid: Option<&str>) -> Result<()> { (**self).clear(cid).await }
+            fn clear<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).clear(cid) }
         }
     )*};
 }
@@ -343,7 +349,9 @@ pub trait MessageQueueExt: MessageQueue {
         let queue = self.clone();
         let correlation_id = correlation_id.map(str::to_owned);
         ListenHandle {
-            task: tokio::spawn(async move { queue.listen(correlation_id.as_deref(), receiver).await }),
+            task: tokio::spawn(
+                async move { queue.listen(correlation_id.as_deref(), receiver).await },
+            ),
         }
     }
 }

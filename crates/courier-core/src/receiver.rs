@@ -23,8 +23,11 @@ pub trait MessageReceiver: Send + Sync {
     ///
     /// An error means the message was not processed; `listen` logs it ("Failed to process the
     /// message") and abandons the message.
-    async fn receive_message(&self, envelope: &MessageEnvelope, queue: &dyn MessageQueue)
-    -> Result<()>;
+    async fn receive_message(
+        &self,
+        envelope: &MessageEnvelope,
+        queue: &dyn MessageQueue,
+    ) -> Result<()>;
 }
 
 #[async_trait]
@@ -38,10 +41,9 @@ impl<R: MessageReceiver + ?Sized> MessageReceiver for Arc<R> {
     }
 }
 
-type Callback =
-    dyn for<'a> Fn(&'a MessageEnvelope, &'a dyn MessageQueue) -> BoxFuture<'a, Result<()>>
-        + Send
-        + Sync;
+type Callback = dyn for<'a> Fn(&'a MessageEnvelope, &'a dyn MessageQueue) -> BoxFuture<'a, Result<()>>
+    + Send
+    + Sync;
 
 /// A [`MessageReceiver`] made from a closure.
 ///
@@ -90,7 +92,8 @@ impl CallbackMessageReceiver {
 
 impl fmt::Debug for CallbackMessageReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CallbackMessageReceiver").finish_non_exhaustive()
+        f.debug_struct("CallbackMessageReceiver")
+            .finish_non_exhaustive()
     }
 }
 

@@ -20,7 +20,12 @@ struct Topic {
 fn topic(name: &str) -> Arc<Mutex<Topic>> {
     static TOPICS: OnceLock<Mutex<HashMap<String, Arc<Mutex<Topic>>>>> = OnceLock::new();
     let topics = TOPICS.get_or_init(Default::default);
-    topics.lock().unwrap().entry(name.to_owned()).or_default().clone()
+    topics
+        .lock()
+        .unwrap()
+        .entry(name.to_owned())
+        .or_default()
+        .clone()
 }
 
 fn publish(name: &str, envelope: &MessageEnvelope) {
@@ -51,11 +56,19 @@ impl PushBroker for LoopbackBroker {
         Ok(())
     }
     async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink) -> Result<()> {
-        topic(&self.name).lock().unwrap().sinks.push((self.id, sink));
+        topic(&self.name)
+            .lock()
+            .unwrap()
+            .sinks
+            .push((self.id, sink));
         Ok(())
     }
     async fn unsubscribe(&self, _cid: Option<&str>) -> Result<()> {
-        topic(&self.name).lock().unwrap().sinks.retain(|(id, _)| *id != self.id);
+        topic(&self.name)
+            .lock()
+            .unwrap()
+            .sinks
+            .retain(|(id, _)| *id != self.id);
         Ok(())
     }
     async fn send(&self, _cid: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
@@ -87,7 +100,8 @@ impl Harness for LoopbackHarness {
 
     async fn create(&self, name: &str, options: &[(&str, &str)]) -> Result<Arc<dyn MessageQueue>> {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut config = ConfigParams::from_tuples([("name", name), ("options.autosubscribe", "true")]);
+        let mut config =
+            ConfigParams::from_tuples([("name", name), ("options.autosubscribe", "true")]);
         for (k, v) in options {
             config.set(format!("options.{k}"), *v);
         }

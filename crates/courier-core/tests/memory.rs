@@ -15,10 +15,16 @@ fn env(text: &str) -> MessageEnvelope {
 
 #[tokio::test]
 async fn connect_twice_gives_the_same_queue() {
-    let a = connect("memory://same-queue-test?lock_timeout=200").await.unwrap();
+    let a = connect("memory://same-queue-test?lock_timeout=200")
+        .await
+        .unwrap();
     let b = connect("memory://same-queue-test").await.unwrap();
     a.send(None, env("x")).await.unwrap();
-    let got = b.receive(None, Duration::from_secs(1)).await.unwrap().unwrap();
+    let got = b
+        .receive(None, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.message_as_string().unwrap(), "x");
     b.complete(&got).await.unwrap();
     assert_eq!(a.read_message_count().await.unwrap(), 0);
@@ -43,10 +49,23 @@ async fn bounded_send_waits_for_room_and_cancelled_send_enqueues_nothing() {
         async move { q.send(None, env("3")).await }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!waiting.is_finished(), "a locked message should still count against max_size");
+    assert!(
+        !waiting.is_finished(),
+        "a locked message should still count against max_size"
+    );
     q.complete(&first).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
-    let order: Vec<String> = q.peek_batch(None, 10).await.unwrap().iter().map(|m| m.message_as_string().unwrap()).collect();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let order: Vec<String> = q
+        .peek_batch(None, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message_as_string().unwrap())
+        .collect();
     assert_eq!(order, ["2", "3"]);
 }
 
@@ -62,7 +81,11 @@ async fn close_wakes_waiting_receivers_and_senders_with_not_opened() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     q.send(None, env("fills")).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), receiver).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), receiver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(got.is_some());
     let sender = tokio::spawn({
         let q = q.clone();
@@ -74,9 +97,17 @@ async fn close_wakes_waiting_receivers_and_senders_with_not_opened() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     q.close(None).await.unwrap();
-    let send_err = tokio::time::timeout(Duration::from_secs(5), sender).await.unwrap().unwrap().unwrap_err();
+    let send_err = tokio::time::timeout(Duration::from_secs(5), sender)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(send_err.kind(), ErrorKind::NotOpened);
-    let recv_err = tokio::time::timeout(Duration::from_secs(5), waiting_receiver).await.unwrap().unwrap().unwrap_err();
+    let recv_err = tokio::time::timeout(Duration::from_secs(5), waiting_receiver)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(recv_err.kind(), ErrorKind::NotOpened);
 }
 
@@ -97,7 +128,11 @@ async fn expired_lock_past_max_deliveries_goes_to_the_dead_letter_queue() {
     assert_eq!(dlq.name(), "graveyard");
     let dead = dlq.receive(None, Duration::ZERO).await.unwrap().unwrap();
     assert_eq!(dead.message_id, m.message_id);
-    assert_eq!(dead.delivery_count(), 1, "counted afresh in the dead-letter queue");
+    assert_eq!(
+        dead.delivery_count(),
+        1,
+        "counted afresh in the dead-letter queue"
+    );
 }
 
 #[tokio::test]
@@ -124,7 +159,9 @@ async fn a_listener_started_after_the_send_still_gets_the_message() {
         }
     });
     let handle = q.begin_listen(None, Arc::new(receiver));
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap();
     assert_eq!(got.as_deref(), Some("early"));
     q.close(None).await.unwrap();
     handle.join().await.unwrap();

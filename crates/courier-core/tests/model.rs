@@ -107,26 +107,39 @@ fn run(ops: Vec<Op>, max_deliveries: Option<u32>) -> Result<(), TestCaseError> {
         options.max_deliveries = max_deliveries;
         let queue = MemoryMessageQueue::with_options("model", options);
         queue.open(None).await.expect("open");
-        let mut model = Model { max_deliveries, ..Model::default() };
+        let mut model = Model {
+            max_deliveries,
+            ..Model::default()
+        };
         let mut envelopes: Vec<MessageEnvelope> = Vec::new();
         let mut next_id = 0u32;
         for op in ops {
             match op {
                 Op::Send => {
-                    queue.send(None, MessageEnvelope::new(None, "m", next_id.to_string())).await.expect("send");
+                    queue
+                        .send(None, MessageEnvelope::new(None, "m", next_id.to_string()))
+                        .await
+                        .expect("send");
                     model.ready.push_back((next_id, 0));
                     next_id += 1;
                 }
                 Op::Receive => {
                     let got = queue.receive(None, Duration::ZERO).await.expect("receive");
                     let expected = model.receive();
-                    let got_id = got.as_ref().map(|m| (m.message_as_string().unwrap().parse::<u32>().unwrap(), m.delivery_count()));
+                    let got_id = got.as_ref().map(|m| {
+                        (
+                            m.message_as_string().unwrap().parse::<u32>().unwrap(),
+                            m.delivery_count(),
+                        )
+                    });
                     prop_assert_eq!(got_id, expected);
                     if let Some(m) = got {
                         envelopes.push(m);
                     }
                 }
-                Op::Complete(i) | Op::Abandon(i) | Op::DeadLetter(i) | Op::Renew(i, _) if !envelopes.is_empty() => {
+                Op::Complete(i) | Op::Abandon(i) | Op::DeadLetter(i) | Op::Renew(i, _)
+                    if !envelopes.is_empty() =>
+                {
                     let i = i % envelopes.len();
                     let live = model.live(i);
                     let envelope = &envelopes[i];
@@ -142,14 +155,20 @@ fn run(ops: Vec<Op>, max_deliveries: Option<u32>) -> Result<(), TestCaseError> {
                             }
                         }
                         Op::DeadLetter(_) => {
-                            queue.move_to_dead_letter(envelope).await.expect("dead letter");
+                            queue
+                                .move_to_dead_letter(envelope)
+                                .await
+                                .expect("dead letter");
                             if live {
                                 model.held[i].live = false;
                                 model.dead.push(model.held[i].id);
                             }
                         }
                         Op::Renew(_, ms) => {
-                            queue.renew_lock(envelope, Duration::from_millis(ms)).await.expect("renew");
+                            queue
+                                .renew_lock(envelope, Duration::from_millis(ms))
+                                .await
+                                .expect("renew");
                             if live {
                                 model.held[i].deadline = model.now + ms;
                             }
@@ -169,15 +188,32 @@ fn run(ops: Vec<Op>, max_deliveries: Option<u32>) -> Result<(), TestCaseError> {
                 _ => {}
             }
             // After every step the visible state agrees.
-            let peeked: Vec<u32> = queue.peek_batch(None, usize::MAX).await.expect("peek_batch")
-                .iter().map(|m| m.message_as_string().unwrap().parse().unwrap()).collect();
+            let peeked: Vec<u32> = queue
+                .peek_batch(None, usize::MAX)
+                .await
+                .expect("peek_batch")
+                .iter()
+                .map(|m| m.message_as_string().unwrap().parse().unwrap())
+                .collect();
             model.expire();
             let expected: Vec<u32> = model.ready.iter().map(|(id, _)| *id).collect();
             prop_assert_eq!(peeked, expected);
-            prop_assert_eq!(queue.read_message_count().await.expect("count"), model.ready.len());
-            prop_assert_eq!(queue.locked_count(), model.held.iter().filter(|h| h.live).count());
-            let dead: Vec<u32> = queue.dead_letter_queue().peek_batch(None, usize::MAX).await.expect("dlq")
-                .iter().map(|m| m.message_as_string().unwrap().parse().unwrap()).collect();
+            prop_assert_eq!(
+                queue.read_message_count().await.expect("count"),
+                model.ready.len()
+            );
+            prop_assert_eq!(
+                queue.locked_count(),
+                model.held.iter().filter(|h| h.live).count()
+            );
+            let dead: Vec<u32> = queue
+                .dead_letter_queue()
+                .peek_batch(None, usize::MAX)
+                .await
+                .expect("dlq")
+                .iter()
+                .map(|m| m.message_as_string().unwrap().parse().unwrap())
+                .collect();
             prop_assert_eq!(dead, model.dead.clone());
         }
         Ok(())

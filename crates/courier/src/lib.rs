@@ -1,1 +1,4 @@
-//! x
+#![doc = include_str!("../../../README.md")]
+#![doc(test(attr(deny(warnings))))]
+
+pub use courier_core::*;

@@ -39,7 +39,11 @@ pub async fn concurrent_producers_consumers<H: Harness>(h: &H) {
         tasks.push(tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + WAIT * 3;
             while completed.lock().len() < total && tokio::time::Instant::now() < deadline {
-                if let Some(m) = queue.receive(None, Duration::from_millis(100)).await.expect("receive") {
+                if let Some(m) = queue
+                    .receive(None, Duration::from_millis(100))
+                    .await
+                    .expect("receive")
+                {
                     queue.complete(&m).await.expect("complete");
                     completed.lock().push(m.message_id.clone());
                 }
@@ -80,7 +84,11 @@ pub async fn receive_is_cancel_safe<H: Harness>(h: &H) {
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     while got.len() < count && tokio::time::Instant::now() < deadline {
         // Alternate a receive that is almost always cancelled with one that may finish.
-        let patience = if got.len() % 2 == 0 { Duration::ZERO } else { Duration::from_micros(300) };
+        let patience = if got.len() % 2 == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(300)
+        };
         tokio::select! {
             received = q.receive(None, Duration::from_millis(50)) => {
                 if let Some(m) = received.expect("receive") {

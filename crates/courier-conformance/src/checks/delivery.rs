@@ -27,8 +27,14 @@ pub async fn receive_waits_then_returns_none<H: Harness>(h: &H) {
     let started = tokio::time::Instant::now();
     assert!(q.receive(None, SHORT).await.expect("receive").is_none());
     let waited = started.elapsed();
-    assert!(waited >= SHORT - Duration::from_millis(5), "returned after {waited:?}");
-    assert!(waited < SHORT + Duration::from_secs(3), "returned after {waited:?}");
+    assert!(
+        waited >= SHORT - Duration::from_millis(5),
+        "returned after {waited:?}"
+    );
+    assert!(
+        waited < SHORT + Duration::from_secs(3),
+        "returned after {waited:?}"
+    );
 }
 
 /// A received (locked) message is invisible to other receivers, to peek and to the count.
@@ -37,7 +43,10 @@ pub async fn locked_message_is_invisible<H: Harness>(h: &H) {
     let ids = send_numbered(&q, 2).await;
     let first = q.must_receive().await;
     let second = q.must_receive().await;
-    assert_ne!(first.message_id, second.message_id, "a locked message was delivered twice");
+    assert_ne!(
+        first.message_id, second.message_id,
+        "a locked message was delivered twice"
+    );
     assert_exactly_once(&[first.message_id.clone(), second.message_id.clone()], &ids);
     if q.capabilities().can_message_count() {
         assert_eq!(q.read_message_count().await.expect("count"), 0);
@@ -45,7 +54,12 @@ pub async fn locked_message_is_invisible<H: Harness>(h: &H) {
     if q.capabilities().can_peek() {
         assert!(q.peek(None).await.expect("peek").is_none());
     }
-    assert!(q.receive(None, Duration::from_millis(100)).await.expect("receive").is_none());
+    assert!(
+        q.receive(None, Duration::from_millis(100))
+            .await
+            .expect("receive")
+            .is_none()
+    );
 }
 
 /// A message whose lock expires is delivered again, with its delivery count raised; the old
@@ -66,7 +80,12 @@ pub async fn lock_expiry_redelivers<H: Harness>(h: &H) {
     if q.capabilities().can_message_count() {
         assert_eq!(q.read_message_count().await.expect("count"), 0);
     }
-    assert!(q.receive(None, Duration::from_millis(600)).await.expect("receive").is_none());
+    assert!(
+        q.receive(None, Duration::from_millis(600))
+            .await
+            .expect("receive")
+            .is_none()
+    );
 }
 
 /// `renew_lock(m, t)` moves the lock's end to now + `t`, both later and sooner.
@@ -75,17 +94,28 @@ pub async fn renew_lock_extends<H: Harness>(h: &H) {
     let ids = send_numbered(&q, 1).await;
     let m = q.must_receive().await;
     if !q.capabilities().can_renew_lock() {
-        assert_kind(q.renew_lock(&m, WAIT).await, ErrorKind::Unsupported, "renew_lock");
+        assert_kind(
+            q.renew_lock(&m, WAIT).await,
+            ErrorKind::Unsupported,
+            "renew_lock",
+        );
         return;
     }
-    q.renew_lock(&m, Duration::from_secs(30)).await.expect("renew");
+    q.renew_lock(&m, Duration::from_secs(30))
+        .await
+        .expect("renew");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        q.receive(None, Duration::ZERO).await.expect("receive").is_none(),
+        q.receive(None, Duration::ZERO)
+            .await
+            .expect("receive")
+            .is_none(),
         "the renewed lock expired with the original timeout"
     );
     if h.features().lock_expiry {
-        q.renew_lock(&m, Duration::from_millis(100)).await.expect("renew");
+        q.renew_lock(&m, Duration::from_millis(100))
+            .await
+            .expect("renew");
         let again = q.must_receive().await;
         assert_eq!(again.message_id, ids[0]);
         q.complete(&again).await.expect("complete");
@@ -107,11 +137,16 @@ pub async fn max_deliveries_dead_letters<H: Harness>(h: &H) {
         assert_eq!(m.delivery_count(), delivery);
         q.abandon(&m).await.expect("abandon");
     }
-    assert!(q.receive(None, SHORT).await.expect("receive").is_none(), "redelivered past max_deliveries");
+    assert!(
+        q.receive(None, SHORT).await.expect("receive").is_none(),
+        "redelivered past max_deliveries"
+    );
     let dead = dlq.must_receive().await;
     assert_eq!(dead.message_id, ids[0]);
     assert_eq!(dead.message_type, "type-0");
-    dlq.complete(&dead).await.expect("complete in the dead-letter queue");
+    dlq.complete(&dead)
+        .await
+        .expect("complete in the dead-letter queue");
 }
 
 /// `move_to_dead_letter` keeps the message, readable in `<name>.dlq` with id, type,
@@ -126,7 +161,9 @@ pub async fn dead_letter_round_trip<H: Harness>(h: &H) {
     let sent = fixture_envelope();
     q.send(None, sent.clone()).await.expect("send");
     let m = q.must_receive().await;
-    q.move_to_dead_letter(&m).await.expect("move_to_dead_letter");
+    q.move_to_dead_letter(&m)
+        .await
+        .expect("move_to_dead_letter");
     assert!(q.receive(None, SHORT).await.expect("receive").is_none());
     let dead = dlq.must_receive().await;
     assert_eq!(dead.message_id, sent.message_id);
@@ -145,13 +182,22 @@ pub async fn complete_and_abandon_are_idempotent<H: Harness>(h: &H) {
     q.complete(&m).await.expect("second complete");
     if q.capabilities().can_abandon() {
         q.abandon(&m).await.expect("abandon after complete");
-        q.abandon(&fixture_envelope()).await.expect("abandon of an unreceived envelope");
+        q.abandon(&fixture_envelope())
+            .await
+            .expect("abandon of an unreceived envelope");
     }
     if q.capabilities().can_dead_letter() {
-        q.move_to_dead_letter(&m).await.expect("dead letter after complete");
+        q.move_to_dead_letter(&m)
+            .await
+            .expect("dead letter after complete");
     }
-    q.complete(&fixture_envelope()).await.expect("complete of an unreceived envelope");
-    assert!(q.receive(None, SHORT).await.expect("receive").is_none(), "a completed message came back");
+    q.complete(&fixture_envelope())
+        .await
+        .expect("complete of an unreceived envelope");
+    assert!(
+        q.receive(None, SHORT).await.expect("receive").is_none(),
+        "a completed message came back"
+    );
 }
 
 /// Every operation but name, capabilities, is_open, open and close fails with `NotOpened` on
@@ -168,17 +214,40 @@ pub async fn closed_queue_fails_not_opened<H: Harness>(h: &H) {
     for queue in [&q.queue, &never_opened] {
         assert!(!queue.name().is_empty());
         let e = fixture_envelope();
-        assert_kind(queue.send(None, e.clone()).await, ErrorKind::NotOpened, "send");
-        assert_kind(queue.receive(None, Duration::ZERO).await, ErrorKind::NotOpened, "receive");
+        assert_kind(
+            queue.send(None, e.clone()).await,
+            ErrorKind::NotOpened,
+            "send",
+        );
+        assert_kind(
+            queue.receive(None, Duration::ZERO).await,
+            ErrorKind::NotOpened,
+            "receive",
+        );
         assert_kind(queue.peek(None).await, ErrorKind::NotOpened, "peek");
-        assert_kind(queue.peek_batch(None, 3).await, ErrorKind::NotOpened, "peek_batch");
-        assert_kind(queue.read_message_count().await, ErrorKind::NotOpened, "read_message_count");
+        assert_kind(
+            queue.peek_batch(None, 3).await,
+            ErrorKind::NotOpened,
+            "peek_batch",
+        );
+        assert_kind(
+            queue.read_message_count().await,
+            ErrorKind::NotOpened,
+            "read_message_count",
+        );
         assert_kind(queue.clear(None).await, ErrorKind::NotOpened, "clear");
         assert_kind(queue.complete(&e).await, ErrorKind::NotOpened, "complete");
         let receiver = Arc::new(TestMessageReceiver::new());
-        assert_kind(queue.listen(None, receiver).await, ErrorKind::NotOpened, "listen");
+        assert_kind(
+            queue.listen(None, receiver).await,
+            ErrorKind::NotOpened,
+            "listen",
+        );
     }
-    let err = q.send(None, fixture_envelope()).await.expect_err("send on closed");
+    let err = q
+        .send(None, fixture_envelope())
+        .await
+        .expect_err("send on closed");
     assert!(err.to_string().contains("The queue is not opened"), "{err}");
 }
 
@@ -189,20 +258,43 @@ pub async fn unsupported_operations_fail<H: Harness>(h: &H) {
     let caps = q.capabilities();
     fn check<T: std::fmt::Debug>(supported: bool, result: &courier_core::Result<T>, op: &str) {
         let unsupported = matches!(result, Err(e) if e.kind() == ErrorKind::Unsupported);
-        assert_eq!(unsupported, !supported, "{op}: capability {supported} but got {result:?}");
+        assert_eq!(
+            unsupported, !supported,
+            "{op}: capability {supported} but got {result:?}"
+        );
     }
-    check(caps.can_send(), &q.send(None, fixture_envelope()).await, "send");
+    check(
+        caps.can_send(),
+        &q.send(None, fixture_envelope()).await,
+        "send",
+    );
     await_count(&q, usize::from(caps.can_send())).await;
-    check(caps.can_message_count(), &q.read_message_count().await, "read_message_count");
+    check(
+        caps.can_message_count(),
+        &q.read_message_count().await,
+        "read_message_count",
+    );
     check(caps.can_peek(), &q.peek(None).await, "peek");
-    check(caps.can_peek_batch(), &q.peek_batch(None, 1).await, "peek_batch");
+    check(
+        caps.can_peek_batch(),
+        &q.peek_batch(None, 1).await,
+        "peek_batch",
+    );
     let received = q.receive(None, WAIT).await;
     check(caps.can_receive(), &received, "receive");
     if let Ok(Some(m)) = received {
-        check(caps.can_renew_lock(), &q.renew_lock(&m, WAIT).await, "renew_lock");
+        check(
+            caps.can_renew_lock(),
+            &q.renew_lock(&m, WAIT).await,
+            "renew_lock",
+        );
         check(caps.can_abandon(), &q.abandon(&m).await, "abandon");
         if let Some(m) = q.receive(None, WAIT).await.ok().flatten() {
-            check(caps.can_dead_letter(), &q.move_to_dead_letter(&m).await, "move_to_dead_letter");
+            check(
+                caps.can_dead_letter(),
+                &q.move_to_dead_letter(&m).await,
+                "move_to_dead_letter",
+            );
             q.complete(&m).await.expect("complete");
         }
     }
@@ -229,7 +321,13 @@ pub async fn peek_batch_in_order<H: Harness>(h: &H) {
     }
     let ids = send_numbered(&q, 3).await;
     await_count(&q, 3).await;
-    let two: Vec<String> = q.peek_batch(None, 2).await.expect("peek_batch").into_iter().map(|m| m.message_id).collect();
+    let two: Vec<String> = q
+        .peek_batch(None, 2)
+        .await
+        .expect("peek_batch")
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
     assert_eq!(two.len(), 2);
     if h.features().fifo {
         assert_eq!(two, ids[..2]);
@@ -238,7 +336,10 @@ pub async fn peek_batch_in_order<H: Harness>(h: &H) {
     let taken = q.must_receive().await;
     let rest = q.peek_batch(None, 10).await.expect("peek_batch");
     assert_eq!(rest.len(), 2);
-    assert!(rest.iter().all(|m| m.message_id != taken.message_id), "peek_batch shows a locked message");
+    assert!(
+        rest.iter().all(|m| m.message_id != taken.message_id),
+        "peek_batch shows a locked message"
+    );
     assert!(q.peek_batch(None, 0).await.expect("peek_batch").is_empty());
 }
 

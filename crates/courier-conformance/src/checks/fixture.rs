@@ -33,7 +33,10 @@ pub async fn receive_send_message<H: Harness>(h: &H) {
     });
     let started = tokio::time::Instant::now();
     let got = q.must_receive().await;
-    assert!(started.elapsed() >= Duration::from_millis(400), "receive returned before the send");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "receive returned before the send"
+    );
     assert_same_message(&got, &sent);
     task.await.expect("sender task").expect("send");
 }
@@ -46,9 +49,15 @@ pub async fn receive_complete_message<H: Harness>(h: &H) {
     await_count(&q, 1).await;
     let got = q.must_receive().await;
     assert_same_message(&got, &sent);
-    assert!(got.lock_token().is_some(), "a received message carries its lock");
+    assert!(
+        got.lock_token().is_some(),
+        "a received message carries its lock"
+    );
     q.complete(&got).await.expect("complete");
-    assert!(got.lock_token().is_none(), "complete releases the lock reference");
+    assert!(
+        got.lock_token().is_none(),
+        "complete releases the lock reference"
+    );
 }
 
 /// "Receive And Abandon Message": an abandoned message is received again.
@@ -77,7 +86,11 @@ pub async fn send_peek_message<H: Harness>(h: &H) {
     let sent = fixture_envelope();
     q.send(None, sent.clone()).await.expect("send");
     await_count(&q, 1).await;
-    let peeked = q.peek(None).await.expect("peek").expect("peek found nothing");
+    let peeked = q
+        .peek(None)
+        .await
+        .expect("peek")
+        .expect("peek found nothing");
     assert_same_message(&peeked, &sent);
     assert!(peeked.lock_token().is_none(), "peek does not lock");
 }
@@ -100,10 +113,19 @@ pub async fn move_to_dead_message<H: Harness>(h: &H) {
     let got = q.must_receive().await;
     assert_same_message(&got, &sent);
     if q.capabilities().can_dead_letter() {
-        q.move_to_dead_letter(&got).await.expect("move_to_dead_letter");
-        assert!(got.lock_token().is_none(), "dead-lettering releases the lock");
+        q.move_to_dead_letter(&got)
+            .await
+            .expect("move_to_dead_letter");
+        assert!(
+            got.lock_token().is_none(),
+            "dead-lettering releases the lock"
+        );
     } else {
-        assert_kind(q.move_to_dead_letter(&got).await, ErrorKind::Unsupported, "move_to_dead_letter");
+        assert_kind(
+            q.move_to_dead_letter(&got).await,
+            ErrorKind::Unsupported,
+            "move_to_dead_letter",
+        );
     }
 }
 
@@ -115,7 +137,11 @@ pub async fn on_message<H: Harness>(h: &H) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent = fixture_envelope();
     q.send(None, sent.clone()).await.expect("send");
-    assert_eq!(receiver.wait_for(1, WAIT).await, 1, "the listener got nothing");
+    assert_eq!(
+        receiver.wait_for(1, WAIT).await,
+        1,
+        "the listener got nothing"
+    );
     assert_same_message(&receiver.messages()[0], &sent);
     q.end_listen(None);
     handle.join().await.expect("listen");
@@ -140,7 +166,10 @@ pub async fn send_as_object<H: Harness>(h: &H) {
         .await
         .expect("send_as_object");
     assert_eq!(receiver.wait_for(1, WAIT).await, 1);
-    assert_eq!(receiver.messages()[0].message_as_string().expect("UTF-8"), "string2");
+    assert_eq!(
+        receiver.messages()[0].message_as_string().expect("UTF-8"),
+        "string2"
+    );
     q.end_listen(None);
     handle.join().await.expect("listen");
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::{Error, ErrorKind, MessageEnvelope, MessageQueue, MessageQueueExt, MessageReceiver, Result};
+use courier_core::{
+    Error, ErrorKind, MessageEnvelope, MessageQueue, MessageQueueExt, MessageReceiver, Result,
+};
 use parking_lot::Mutex;
 
 use super::{assert_exactly_once, send_numbered};
@@ -38,7 +40,10 @@ impl SlowReceiver {
     async fn wait_started(&self, n: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.started.load(Ordering::SeqCst) < n {
-            assert!(tokio::time::Instant::now() < deadline, "handlers did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "handlers did not start"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -46,7 +51,11 @@ impl SlowReceiver {
 
 #[async_trait]
 impl MessageReceiver for SlowReceiver {
-    async fn receive_message(&self, envelope: &MessageEnvelope, _queue: &dyn MessageQueue) -> Result<()> {
+    async fn receive_message(
+        &self,
+        envelope: &MessageEnvelope,
+        _queue: &dyn MessageQueue,
+    ) -> Result<()> {
         self.started.fetch_add(1, Ordering::SeqCst);
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
@@ -67,10 +76,20 @@ pub async fn listen_completes_on_ok<H: Harness>(h: &H) {
     assert_eq!(receiver.wait_for(3, WAIT).await, 3);
     q.end_listen(None);
     handle.join().await.expect("listen");
-    let got: Vec<String> = receiver.messages().into_iter().map(|m| m.message_id).collect();
+    let got: Vec<String> = receiver
+        .messages()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
     assert_exactly_once(&got, &ids);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(q.receive(None, Duration::from_millis(300)).await.expect("receive").is_none(), "a handled message came back");
+    assert!(
+        q.receive(None, Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_none(),
+        "a handled message came back"
+    );
 }
 
 /// A receiver that fails on the first delivery, panics on the second and succeeds on the
@@ -83,7 +102,11 @@ pub async fn listen_abandons_on_error_and_panic<H: Harness>(h: &H) {
     struct Flaky(Mutex<Vec<u32>>);
     #[async_trait]
     impl MessageReceiver for Flaky {
-        async fn receive_message(&self, envelope: &MessageEnvelope, _q: &dyn MessageQueue) -> Result<()> {
+        async fn receive_message(
+            &self,
+            envelope: &MessageEnvelope,
+            _q: &dyn MessageQueue,
+        ) -> Result<()> {
             let attempt = {
                 let mut seen = self.0.lock();
                 seen.push(envelope.delivery_count());
@@ -101,14 +124,26 @@ pub async fn listen_abandons_on_error_and_panic<H: Harness>(h: &H) {
     send_numbered(&q, 1).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while receiver.0.lock().len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "delivered only {:?}", receiver.0.lock());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered only {:?}",
+            receiver.0.lock()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     q.end_listen(None);
-    handle.join().await.expect("listen survives a panicking receiver");
+    handle
+        .join()
+        .await
+        .expect("listen survives a panicking receiver");
     assert_eq!(*receiver.0.lock(), vec![1, 2, 3], "delivery counts");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(q.receive(None, Duration::from_millis(300)).await.expect("receive").is_none());
+    assert!(
+        q.receive(None, Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_none()
+    );
 }
 
 /// No more than `listen_concurrency` messages are handled at once, and more than one is.
@@ -119,13 +154,20 @@ pub async fn listen_concurrency_is_bounded<H: Harness>(h: &H) {
     let handle = q.queue.begin_listen(None, receiver.clone());
     let deadline = tokio::time::Instant::now() + WAIT;
     while receiver.done().len() < 9 {
-        assert!(tokio::time::Instant::now() < deadline, "handled only {}", receiver.done().len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handled only {}",
+            receiver.done().len()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     q.end_listen(None);
     handle.join().await.expect("listen");
     let max = receiver.max_running.load(Ordering::SeqCst);
-    assert!((2..=3).contains(&max), "{max} handlers ran at once with listen_concurrency=3");
+    assert!(
+        (2..=3).contains(&max),
+        "{max} handlers ran at once with listen_concurrency=3"
+    );
     assert_exactly_once(&receiver.done(), &ids);
 }
 
@@ -140,7 +182,11 @@ pub async fn end_listen_drains_without_loss<H: Harness>(h: &H) {
     q.end_listen(None);
     handle.join().await.expect("listen");
     let handled = receiver.done();
-    assert_eq!(handled.len(), receiver.started.load(Ordering::SeqCst), "a started handler did not finish");
+    assert_eq!(
+        handled.len(),
+        receiver.started.load(Ordering::SeqCst),
+        "a started handler did not finish"
+    );
     assert!(handled.len() < 20, "end_listen did not stop the loop");
     let mut all = handled.clone();
     all.extend(super::drain(&q, Duration::from_millis(500)).await);
@@ -155,12 +201,22 @@ pub async fn close_drains_in_flight_handler<H: Harness>(h: &H) {
     send_numbered(&q, 1).await;
     receiver.wait_started(1).await;
     q.close(None).await.expect("close");
-    assert_eq!(receiver.done().len(), 1, "close returned before the handler finished");
+    assert_eq!(
+        receiver.done().len(),
+        1,
+        "close returned before the handler finished"
+    );
     handle.join().await.expect("listen");
     q.open(None).await.expect("reopen");
     // Past the lock timeout: a message left locked instead of completed would be back.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(q.receive(None, Duration::from_millis(300)).await.expect("receive").is_none(), "the drained message was not completed");
+    assert!(
+        q.receive(None, Duration::from_millis(300))
+            .await
+            .expect("receive")
+            .is_none(),
+        "the drained message was not completed"
+    );
 }
 
 /// `clear` does not restart a listener stopped by `end_listen` (pip-services bug #4).
@@ -176,6 +232,10 @@ pub async fn clear_does_not_restart_listener<H: Harness>(h: &H) {
     }
     let ids = send_numbered(&q, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.message_count(), 0, "a stopped listener received a message");
+    assert_eq!(
+        receiver.message_count(),
+        0,
+        "a stopped listener received a message"
+    );
     assert_eq!(q.must_receive().await.message_id, ids[0]);
 }

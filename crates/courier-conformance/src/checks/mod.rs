@@ -37,7 +37,11 @@ pub(crate) fn assert_kind<T: std::fmt::Debug>(result: Result<T>, kind: ErrorKind
 pub(crate) async fn send_numbered(q: &TestQueue, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
-        let envelope = MessageEnvelope::new(Some(&format!("cid-{i}")), &format!("type-{i}"), i.to_string());
+        let envelope = MessageEnvelope::new(
+            Some(&format!("cid-{i}")),
+            &format!("type-{i}"),
+            i.to_string(),
+        );
         ids.push(envelope.message_id.clone());
         q.send(None, envelope).await.expect("send failed");
     }
@@ -57,11 +61,19 @@ pub(crate) async fn drain(q: &TestQueue, quiet: Duration) -> Vec<String> {
 /// Asserts that `got` holds every id of `sent` exactly once, and nothing else.
 pub(crate) fn assert_exactly_once(got: &[String], sent: &[String]) {
     let unique: HashSet<&String> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "duplicates among {} ids", got.len());
+    assert_eq!(
+        unique.len(),
+        got.len(),
+        "duplicates among {} ids",
+        got.len()
+    );
     let expected: HashSet<&String> = sent.iter().collect();
     let missing = expected.difference(&unique).count();
     let extra = unique.difference(&expected).count();
-    assert!(missing == 0 && extra == 0, "{missing} missing and {extra} unexpected ids");
+    assert!(
+        missing == 0 && extra == 0,
+        "{missing} missing and {extra} unexpected ids"
+    );
 }
 
 /// Waits until the queue's count reaches `n` (for backends whose sends arrive asynchronously).
@@ -71,7 +83,10 @@ pub(crate) async fn await_count(q: &TestQueue, n: usize) {
     }
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while q.read_message_count().await.expect("count failed") < n {
-        assert!(tokio::time::Instant::now() < deadline, "count never reached {n}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "count never reached {n}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

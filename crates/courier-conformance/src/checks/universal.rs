@@ -17,7 +17,11 @@ pub async fn publish_subscribe_many<H: Harness>(h: &H) {
     let mut got = Vec::new();
     for _ in 0..100 {
         let m = q.must_receive().await;
-        let i: usize = m.message_as_string().expect("UTF-8").parse().expect("a number");
+        let i: usize = m
+            .message_as_string()
+            .expect("UTF-8")
+            .parse()
+            .expect("a number");
         assert_eq!(m.message_type, format!("type-{i}"));
         assert_eq!(m.correlation_id, Some(format!("cid-{i}")));
         assert_eq!(m.message_id, ids[i], "message_id of message {i}");
@@ -25,7 +29,12 @@ pub async fn publish_subscribe_many<H: Harness>(h: &H) {
         q.complete(&m).await.expect("complete");
     }
     assert_exactly_once(&got, &ids);
-    assert!(q.receive(None, Duration::from_millis(200)).await.expect("receive").is_none());
+    assert!(
+        q.receive(None, Duration::from_millis(200))
+            .await
+            .expect("receive")
+            .is_none()
+    );
 }
 
 /// `TestResendOnError`: the first two messages are abandoned, and all 100 still arrive once
@@ -88,7 +97,12 @@ pub async fn queue_isolation<H: Harness>(h: &H) {
     let idb = send_numbered(&b, 1).await;
     assert_eq!(a.must_receive().await.message_id, ida[0]);
     assert_eq!(b.must_receive().await.message_id, idb[0]);
-    assert!(a.receive(None, Duration::from_millis(200)).await.expect("receive").is_none());
+    assert!(
+        a.receive(None, Duration::from_millis(200))
+            .await
+            .expect("receive")
+            .is_none()
+    );
 }
 
 /// `TestConcurrentClose`: ten handles opened, used and closed at once; then 50 messages sent
@@ -129,7 +143,11 @@ pub async fn continue_after_reopen<H: Harness>(h: &H) {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT * 3;
     while got.len() < ids.len() {
-        assert!(tokio::time::Instant::now() < deadline, "only {} of 50 arrived", got.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 50 arrived",
+            got.len()
+        );
         let q = TestQueue::open_named(h, &first.name, &[]).await;
         for _ in 0..10 {
             match q.receive(None, QUIET).await.expect("receive") {

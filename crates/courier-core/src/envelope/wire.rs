@@ -10,8 +10,8 @@
 //! a date) is [`InvalidMessage`](crate::ErrorKind::InvalidMessage).
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -190,7 +190,9 @@ mod tests {
         assert_eq!(env.message_type, "Test");
         assert_eq!(env.message_as_string().unwrap(), "This is a test message");
         assert_eq!(
-            env.sent_time.unwrap().to_rfc3339_opts(SecondsFormat::Millis, true),
+            env.sent_time
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Millis, true),
             "2026-11-22T20:55:47.193Z"
         );
     }
@@ -215,7 +217,9 @@ mod tests {
         .unwrap();
         assert_eq!(env.correlation_id, None);
         assert_eq!(
-            env.sent_time.unwrap().to_rfc3339_opts(SecondsFormat::Nanos, true),
+            env.sent_time
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Nanos, true),
             "2023-01-24T07:27:19.123456789Z"
         );
         assert!(env.message.is_empty());
@@ -228,7 +232,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            py.sent_time.unwrap().to_rfc3339_opts(SecondsFormat::Micros, true),
+            py.sent_time
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
             "2023-01-24T12:09:02.123456Z"
         );
         assert_eq!(py.message_as_string().unwrap(), "ABC");

@@ -1,7 +1,7 @@
 //! [`MemoryMessageQueue`]: the in-process queue, and the reference implementation of the
 //! [`MessageQueue`] semantics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -13,13 +13,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{
-    ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities,
-    QueueBase, QueueOptions, Result,
+    ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities, QueueBase,
+    QueueOptions, Result,
 };
 
-mod state;
+mod locks;
 
-use state::{MemoryLock, Released, State};
+use locks::{Locks, MemoryLock, Released};
 
 const BACKEND: &str = "memory";
 
@@ -78,9 +78,13 @@ pub struct MemoryMessageQueue {
 struct Inner {
     id: u64,
     base: QueueBase,
-    state: Mutex<State>,
+    /// Messages ready for delivery, in order. Locked apart from `locks` so that senders and
+    /// settlers do not contend; never locked while `locks` is held.
+    ready: Mutex<VecDeque<MessageEnvelope>>,
+    locks: Mutex<Locks>,
+    next_token: AtomicU64,
     /// Signalled when a message becomes ready (and on close).
-    ready: Notify,
+    arrived: Notify,
     /// Signalled when a bounded queue gets room (and on close).
     room: Notify,
     dead_letters: OnceLock<MemoryMessageQueue>,
@@ -106,7 +110,10 @@ impl MemoryMessageQueue {
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key that is missing or invalid.
     pub fn with_config(config: &ConfigParams) -> Result<Self> {
-        Ok(Self::from_base(QueueBase::from_config(BACKEND, config, None)?, false))
+        Ok(Self::from_base(
+            QueueBase::from_config(BACKEND, config, None)?,
+            false,
+        ))
     }
 
     fn from_base(base: QueueBase, shared: bool) -> Self {
@@ -114,8 +121,10 @@ impl MemoryMessageQueue {
             inner: Arc::new(Inner {
                 id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
                 base,
-                state: Mutex::new(State::default()),
-                ready: Notify::new(),
+                ready: Mutex::new(VecDeque::new()),
+                locks: Mutex::new(Locks::default()),
+                next_token: AtomicU64::new(0),
+                arrived: Notify::new(),
                 room: Notify::new(),
                 dead_letters: OnceLock::new(),
                 shared,
@@ -154,8 +163,7 @@ impl MemoryMessageQueue {
                 let name = self.options().dead_letter_queue_name(self.name());
                 let dlq = if self.inner.shared {
                     let config = ConfigParams::from_tuples([("name", name.as_str())]);
-                    Self::shared(&name, &config)
-                        .unwrap_or_else(|_| Self::new(&name))
+                    Self::shared(&name, &config).unwrap_or_else(|_| Self::new(&name))
                 } else {
                     Self::new(&name)
                 };
@@ -167,7 +175,7 @@ impl MemoryMessageQueue {
 
     /// How many messages are locked (received and not yet settled).
     pub fn locked_count(&self) -> usize {
-        self.inner.state.lock().locked_len()
+        self.inner.locks.lock().len()
     }
 
     fn base(&self) -> &QueueBase {
@@ -180,30 +188,48 @@ impl MemoryMessageQueue {
         (lock.queue_id == self.inner.id).then_some(lock.token)
     }
 
-    /// Releases expired locks; call with the state locked, then `after_expiry` unlocked.
-    fn expire(&self, state: &mut State, now: Instant) -> Expired {
-        let mut dead = Vec::new();
-        let requeued = state.expire(now, self.options().max_deliveries, &mut dead);
-        Expired { requeued, dead }
-    }
-
-    fn after_expiry(&self, expired: Expired) {
-        for _ in 0..expired.requeued {
-            self.inner.ready.notify_one();
-        }
-        if !expired.dead.is_empty() {
-            let freed = expired.dead.len();
-            for envelope in expired.dead {
-                self.store_dead(envelope);
+    /// Releases the locks whose deadline passed: their messages go back to the ready list, or
+    /// to the dead-letter queue once they reached `max_deliveries`.
+    fn release_expired(&self, now: Instant) {
+        let (mut requeue, mut dead) = (Vec::new(), Vec::new());
+        {
+            let mut locks = self.inner.locks.lock();
+            if locks.next_deadline().is_none_or(|at| at > now) {
+                return;
             }
-            self.freed(freed);
+            locks.expire(now, self.options().max_deliveries, &mut requeue, &mut dead);
+        }
+        self.requeue(requeue.into_iter());
+        self.bury(dead);
+    }
+
+    /// Puts released messages back at the tail of the ready list.
+    fn requeue(&self, envelopes: impl ExactSizeIterator<Item = MessageEnvelope>) {
+        let count = envelopes.len();
+        if count == 0 {
+            return;
+        }
+        self.inner.ready.lock().extend(envelopes);
+        for _ in 0..count {
+            self.inner.arrived.notify_one();
         }
     }
 
-    fn store_dead(&self, envelope: MessageEnvelope) {
-        tracing::debug!(queue = self.name(), correlation_id = envelope.correlation_id.as_deref(), "Moved to dead message {} at {}", envelope, self.name());
-        self.base().count_dead();
-        self.dead_letter_queue().push_incoming(envelope);
+    /// Moves messages whose lock was released to the dead-letter queue.
+    fn bury(&self, dead: Vec<MessageEnvelope>) {
+        let count = dead.len();
+        for envelope in dead {
+            tracing::debug!(
+                queue = self.name(),
+                correlation_id = envelope.correlation_id.as_deref(),
+                "Moved to dead message {} at {}",
+                envelope,
+                self.name()
+            );
+            self.base().count_dead();
+            self.dead_letter_queue().push_incoming(envelope);
+        }
+        self.freed(count);
     }
 
     /// Stores a message without waiting for room (dead letters and broker pushes: nothing is
@@ -211,14 +237,13 @@ impl MemoryMessageQueue {
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
         envelope.set_delivery_count(0);
-        self.inner.state.lock().push(envelope);
-        self.inner.ready.notify_one();
+        self.requeue(std::iter::once(envelope));
     }
 
     /// Whether `message` holds a live lock of this queue.
     pub(crate) fn holds_lock(&self, message: &MessageEnvelope) -> bool {
         self.lock_of(message)
-            .is_some_and(|token| self.inner.state.lock().is_locked(token))
+            .is_some_and(|token| self.inner.locks.lock().is_locked(token))
     }
 
     /// Room was made in a bounded queue.
@@ -228,32 +253,113 @@ impl MemoryMessageQueue {
         }
     }
 
-    /// Runs `f` on the state after releasing expired locks.
-    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        let now = Instant::now();
-        let (out, expired) = {
-            let mut state = self.inner.state.lock();
-            let expired = self.expire(&mut state, now);
-            (f(&mut state), expired)
+    /// Takes the next ready message and locks it (after releasing expired locks). Without a
+    /// message, returns the earliest lock deadline.
+    fn try_take(
+        &self,
+        now: Instant,
+    ) -> Result<std::result::Result<MessageEnvelope, Option<Instant>>> {
+        self.base().check_open()?;
+        self.release_expired(now);
+        let Some(envelope) = self.inner.ready.lock().pop_front() else {
+            return Ok(Err(self.inner.locks.lock().next_deadline()));
         };
-        self.after_expiry(expired);
-        out
+        // The clone and the lock token are made outside both mutexes.
+        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        let expires = now + self.options().lock_timeout;
+        let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
+        self.inner.locks.lock().insert(token, locked);
+        Ok(Ok(envelope))
     }
-}
 
-struct Expired {
-    requeued: usize,
-    dead: Vec<MessageEnvelope>,
+    /// Waits for a message until `deadline`, waking on `send`, `abandon`, `close` and at the
+    /// earliest lock deadline (an expired lock makes its message ready).
+    async fn wait_and_take(&self, deadline: Instant) -> Result<Option<MessageEnvelope>> {
+        loop {
+            let arrived = self.inner.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before looking: a message that arrives after the look wakes us.
+            arrived.as_mut().enable();
+            let now = Instant::now();
+            let next_deadline = match self.try_take(now)? {
+                Ok(message) => return Ok(Some(message)),
+                Err(_) if now >= deadline => return Ok(None),
+                Err(next_deadline) => next_deadline,
+            };
+            let wake = next_deadline.map_or(deadline, |d| d.min(deadline));
+            tokio::select! {
+                () = &mut arrived => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn received(&self, message: MessageEnvelope, correlation_id: Option<&str>) -> MessageEnvelope {
+        self.base().count_received();
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Received message {} via {}",
+            message,
+            self.name()
+        );
+        message
+    }
+
+    /// Sends to a bounded queue: waits until it holds fewer than `max_size` messages.
+    async fn send_bounded(
+        &self,
+        correlation_id: Option<&str>,
+        envelope: MessageEnvelope,
+    ) -> Result<()> {
+        let max_size = self.options().max_size.unwrap_or(usize::MAX);
+        loop {
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut ready = self.inner.ready.lock();
+                self.base().check_open()?;
+                if ready.len() + self.inner.locks.lock().len() < max_size {
+                    self.log_sent(correlation_id, &envelope);
+                    ready.push_back(envelope);
+                    drop(ready);
+                    self.signal_sent();
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    fn log_sent(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) {
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Sent message {} via {}",
+            envelope,
+            self.name()
+        );
+    }
+
+    fn signal_sent(&self) {
+        self.inner.arrived.notify_one();
+        self.base().count_sent();
+    }
+
+    fn ready_len(&self) -> usize {
+        self.release_expired(Instant::now());
+        self.inner.ready.lock().len()
+    }
 }
 
 impl fmt::Debug for MemoryMessageQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.inner.state.lock();
         f.debug_struct("MemoryMessageQueue")
             .field("name", &self.name())
             .field("open", &self.is_open())
-            .field("ready", &state.ready_len())
-            .field("locked", &state.locked_len())
+            .field("ready", &self.inner.ready.lock().len())
+            .field("locked", &self.locked_count())
             .finish()
     }
 }
@@ -274,7 +380,12 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
         if !self.base().set_open(true) {
-            tracing::trace!(queue = self.name(), correlation_id, "Opened queue [{}]", self.name());
+            tracing::trace!(
+                queue = self.name(),
+                correlation_id,
+                "Opened queue [{}]",
+                self.name()
+            );
         }
         Ok(())
     }
@@ -285,49 +396,53 @@ impl MessageQueue for MemoryMessageQueue {
         }
         self.base().stop_listeners().await;
         self.base().set_open(false);
-        self.inner.ready.notify_waiters();
+        self.inner.arrived.notify_waiters();
         self.inner.room.notify_waiters();
-        tracing::trace!(queue = self.name(), correlation_id, "Closed queue [{}]", self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Closed queue [{}]",
+            self.name()
+        );
         Ok(())
     }
 
     async fn read_message_count(&self) -> Result<usize> {
         self.base().check_open()?;
-        Ok(self.with_state(|s| s.ready_len()))
+        Ok(self.ready_len())
     }
 
-    async fn send(&self, correlation_id: Option<&str>, mut envelope: MessageEnvelope) -> Result<()> {
+    async fn send(
+        &self,
+        correlation_id: Option<&str>,
+        mut envelope: MessageEnvelope,
+    ) -> Result<()> {
         envelope.sent_time = Some(chrono::Utc::now());
         envelope.set_lock_token(None);
         envelope.set_delivery_count(0);
-        let max_size = self.options().max_size;
-        loop {
-            let room = self.inner.room.notified();
-            tokio::pin!(room);
-            if max_size.is_some() {
-                room.as_mut().enable();
-            }
-            {
-                let mut state = self.inner.state.lock();
-                self.base().check_open()?;
-                if max_size.is_none_or(|max| state.len() < max) {
-                    tracing::debug!(queue = self.name(), correlation_id, "Sent message {} via {}", envelope, self.name());
-                    state.push(envelope);
-                    drop(state);
-                    self.inner.ready.notify_one();
-                    self.base().count_sent();
-                    return Ok(());
-                }
-            }
-            room.await;
+        if self.options().max_size.is_some() {
+            // The waiting path is boxed so that the common, unbounded case stays a small future.
+            return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
+        self.base().check_open()?;
+        self.log_sent(correlation_id, &envelope);
+        self.inner.ready.lock().push_back(envelope);
+        self.signal_sent();
+        Ok(())
     }
 
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
         self.base().check_open()?;
-        let message = self.with_state(|s| s.peek(1).next().cloned());
+        self.release_expired(Instant::now());
+        let message = self.inner.ready.lock().front().cloned();
         if let Some(m) = &message {
-            tracing::trace!(queue = self.name(), correlation_id, "Peeked message {} on {}", m, self.name());
+            tracing::trace!(
+                queue = self.name(),
+                correlation_id,
+                "Peeked message {} on {}",
+                m,
+                self.name()
+            );
         }
         Ok(message)
     }
@@ -338,8 +453,22 @@ impl MessageQueue for MemoryMessageQueue {
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
         self.base().check_open()?;
-        let messages: Vec<_> = self.with_state(|s| s.peek(message_count).cloned().collect());
-        tracing::trace!(queue = self.name(), correlation_id, "Peeked {} messages on {}", messages.len(), self.name());
+        self.release_expired(Instant::now());
+        let messages: Vec<_> = self
+            .inner
+            .ready
+            .lock()
+            .iter()
+            .take(message_count)
+            .cloned()
+            .collect();
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Peeked {} messages on {}",
+            messages.len(),
+            self.name()
+        );
         Ok(messages)
     }
 
@@ -348,50 +477,32 @@ impl MessageQueue for MemoryMessageQueue {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
-        let lock_timeout = self.options().lock_timeout;
-        let deadline = Instant::now() + wait_timeout;
-        let mut registered = false;
-        loop {
-            let ready = self.inner.ready.notified();
-            tokio::pin!(ready);
-            if registered {
-                ready.as_mut().enable();
-            }
-            let now = Instant::now();
-            let (taken, next_deadline, expired) = {
-                let mut state = self.inner.state.lock();
-                self.base().check_open()?;
-                let expired = self.expire(&mut state, now);
-                (state.take(self.inner.id, now, lock_timeout), state.next_deadline(), expired)
-            };
-            self.after_expiry(expired);
-            if let Some(message) = taken {
-                self.base().count_received();
-                tracing::debug!(queue = self.name(), correlation_id, "Received message {} via {}", message, self.name());
-                return Ok(Some(message));
-            }
-            if now >= deadline {
-                return Ok(None);
-            }
-            if !registered {
-                // Register for wake-ups, then look again: a send in between is not missed.
-                registered = true;
-                continue;
-            }
-            let wake = next_deadline.map_or(deadline, |d| d.min(deadline));
-            tokio::select! {
-                () = &mut ready => {}
-                () = tokio::time::sleep_until(wake) => {}
-            }
+        let start = Instant::now();
+        if let Ok(message) = self.try_take(start)? {
+            return Ok(Some(self.received(message, correlation_id)));
         }
+        if wait_timeout.is_zero() {
+            return Ok(None);
+        }
+        // The waiting path is boxed so that the common, ready case stays a small future.
+        Box::pin(self.wait_and_take(start + wait_timeout))
+            .await
+            .map(|taken| taken.map(|m| self.received(m, correlation_id)))
     }
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
         self.base().check_open()?;
         if let Some(token) = self.lock_of(message) {
             let now = Instant::now();
-            if self.with_state(|s| s.renew(token, now, lock_timeout)) {
-                tracing::trace!(queue = self.name(), correlation_id = message.correlation_id.as_deref(), "Renewed lock for message {} at {}", message, self.name());
+            self.release_expired(now);
+            if self.inner.locks.lock().renew(token, now, lock_timeout) {
+                tracing::trace!(
+                    queue = self.name(),
+                    correlation_id = message.correlation_id.as_deref(),
+                    "Renewed lock for message {} at {}",
+                    message,
+                    self.name()
+                );
             }
         }
         Ok(())
@@ -400,8 +511,17 @@ impl MessageQueue for MemoryMessageQueue {
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.base().check_open()?;
         if let Some(token) = self.lock_of(message) {
-            if self.with_state(|s| s.remove(token)).is_some() {
-                tracing::trace!(queue = self.name(), correlation_id = message.correlation_id.as_deref(), "Completed message {} at {}", message, self.name());
+            // No sweep first: completing a lock that expired a moment ago but was not yet
+            // released is as good as completing it in time (the message was not redelivered).
+            let removed = self.inner.locks.lock().remove(token);
+            if removed.is_some() {
+                tracing::trace!(
+                    queue = self.name(),
+                    correlation_id = message.correlation_id.as_deref(),
+                    "Completed message {} at {}",
+                    message,
+                    self.name()
+                );
                 self.freed(1);
             }
         }
@@ -413,16 +533,24 @@ impl MessageQueue for MemoryMessageQueue {
         let Some(token) = self.lock_of(message) else {
             return Ok(());
         };
-        let max = self.options().max_deliveries;
-        match self.with_state(|s| s.release(token, max)) {
-            Released::Requeued => {
-                tracing::trace!(queue = self.name(), correlation_id = message.correlation_id.as_deref(), "Abandoned message {} at {}", message, self.name());
-                self.inner.ready.notify_one();
+        self.release_expired(Instant::now());
+        let released = self
+            .inner
+            .locks
+            .lock()
+            .release(token, self.options().max_deliveries);
+        match released {
+            Released::Requeue(envelope) => {
+                tracing::trace!(
+                    queue = self.name(),
+                    correlation_id = message.correlation_id.as_deref(),
+                    "Abandoned message {} at {}",
+                    message,
+                    self.name()
+                );
+                self.requeue(std::iter::once(envelope));
             }
-            Released::Dead(envelope) => {
-                self.store_dead(envelope);
-                self.freed(1);
-            }
+            Released::Dead(envelope) => self.bury(vec![envelope]),
             Released::Unknown => {}
         }
         Ok(())
@@ -431,9 +559,10 @@ impl MessageQueue for MemoryMessageQueue {
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
         self.base().check_open()?;
         if let Some(token) = self.lock_of(message) {
-            if let Some(envelope) = self.with_state(|s| s.remove(token)) {
-                self.store_dead(envelope);
-                self.freed(1);
+            self.release_expired(Instant::now());
+            let removed = self.inner.locks.lock().remove(token);
+            if let Some(envelope) = removed {
+                self.bury(vec![envelope]);
             }
         }
         Ok(())
@@ -453,9 +582,20 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base().check_open()?;
-        let removed = self.with_state(State::clear);
+        self.release_expired(Instant::now());
+        let removed = {
+            let mut ready = self.inner.ready.lock();
+            let n = ready.len();
+            ready.clear();
+            n
+        };
         self.freed(removed);
-        tracing::trace!(queue = self.name(), correlation_id, "Cleared queue [{}]", self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Cleared queue [{}]",
+            self.name()
+        );
         Ok(())
     }
 }

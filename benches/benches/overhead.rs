@@ -1,0 +1,65 @@
+//! Heap bytes a `MemoryMessageQueue` holds per queued 64-byte message, beyond the payload,
+//! measured with a counting allocator.
+//!
+//! ```sh
+//! cargo bench -p courier-benches --bench overhead
+//! ```
+
+#![allow(unsafe_code)] // a counting global allocator
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use bytes::Bytes;
+use courier::{MemoryMessageQueue, MessageEnvelope, MessageQueue};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const MESSAGES: usize = 100_000;
+const PAYLOAD: usize = 64;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let q = MemoryMessageQueue::new("overhead");
+        q.open(None).await.expect("open");
+        // Counted from an empty queue: the ready list's growth (and its slack) is included.
+        let before = LIVE.load(Ordering::Relaxed);
+        for i in 0..MESSAGES {
+            let payload = Bytes::from(vec![(i % 251) as u8; PAYLOAD]);
+            q.send(None, MessageEnvelope::new(Some("corr-1"), "bench", payload)).await.expect("send");
+        }
+        let held = LIVE.load(Ordering::Relaxed) - before;
+        let per_message = held as f64 / MESSAGES as f64;
+        println!(
+            "memory queue: {per_message:.0} heap bytes per queued {PAYLOAD}-byte message: {:.0} bytes of overhead (envelope struct of {} bytes in the ready list with its growth slack, id, type and correlation id strings)",
+            per_message - PAYLOAD as f64,
+            std::mem::size_of::<MessageEnvelope>(),
+        );
+        assert_eq!(q.read_message_count().await.expect("count"), MESSAGES);
+    });
+}
