@@ -335,6 +335,10 @@ pub trait MessageQueueExt: MessageQueue {
     /// with [`end_listen`](MessageQueue::end_listen) or `close`, then
     /// [`join`](ListenHandle::join) the handle to wait for the drain.
     ///
+    /// The loop starts when the spawned task first runs: a queue closed before that makes
+    /// [`join`](ListenHandle::join) return [`ErrorKind::NotOpened`], and the messages stay
+    /// queued.
+    ///
     /// # Panics
     ///
     /// If called outside a Tokio runtime.
