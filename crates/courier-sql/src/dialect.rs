@@ -1,0 +1,200 @@
+//! The SQL each database speaks: the schema and every statement the queue issues.
+
+/// The three databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite 3.35 or newer (RETURNING).
+    Sqlite,
+    /// PostgreSQL 9.5 or newer (SKIP LOCKED).
+    Postgres,
+    /// MySQL 8 or MariaDB 10.6 or newer (SKIP LOCKED).
+    MySql,
+}
+
+/// The version of the schema this crate writes; `open` refuses a database whose
+/// `courier_schema` says more.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The columns a claim or a peek reads, in order.
+pub(crate) const ROW_COLUMNS: &str =
+    "id, message_id, correlation_id, message_type, sent_time, payload, deliveries, lock_token";
+
+const INSERT: &str = "INSERT INTO courier_messages (queue, message_id, correlation_id, message_type, sent_time, payload) \
+                      VALUES (?, ?, ?, ?, ?, ?)";
+
+/// Every statement, written for one dialect (placeholders included).
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) dialect: Dialect,
+    /// DDL, run in order on open.
+    pub(crate) schema: Vec<String>,
+    pub(crate) schema_version: String,
+    pub(crate) insert_version: String,
+    /// Binds: queue, message_id, correlation_id, message_type, sent_time, payload. On Postgres
+    /// it also wakes LISTENers of channel `courier` with the queue's name.
+    pub(crate) insert: String,
+    /// Postgres and SQLite: one UPDATE … RETURNING. Binds: locked_until, lock_token, queue, now.
+    /// MySQL: the SELECT … FOR UPDATE SKIP LOCKED half. Binds: queue, now.
+    pub(crate) claim: String,
+    /// MySQL: the UPDATE half of a claim. Binds: locked_until, lock_token, id.
+    pub(crate) claim_update: String,
+    /// Binds: id, lock_token, queue.
+    pub(crate) delete: String,
+    /// Binds: id, lock_token, queue.
+    pub(crate) release: String,
+    /// Binds: locked_until, id, lock_token, queue, now.
+    pub(crate) renew: String,
+    /// Moves a row to another queue, ready and undelivered. Binds: new queue, id, lock_token.
+    pub(crate) move_locked: String,
+    /// Binds: queue, now.
+    pub(crate) count: String,
+    /// Binds: queue, now, limit.
+    pub(crate) peek: String,
+    /// Binds: queue, now.
+    pub(crate) clear: String,
+}
+
+impl Statements {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        let (id, bigint, int, text, blob) = match dialect {
+            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", "INTEGER", "TEXT", "BLOB"),
+            Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "BIGINT", "INTEGER", "TEXT", "BYTEA"),
+            Dialect::MySql => (
+                "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+                "BIGINT",
+                "INT",
+                "VARCHAR(255)",
+                "LONGBLOB",
+            ),
+        };
+        let index_inline = if dialect == Dialect::MySql {
+            ",\n  INDEX courier_messages_queue (queue, id)"
+        } else {
+            ""
+        };
+        let mut schema = vec![format!(
+            "CREATE TABLE IF NOT EXISTS courier_messages (
+  id {id},
+  queue {text} NOT NULL,
+  message_id {text} NOT NULL,
+  correlation_id {text},
+  message_type {text} NOT NULL,
+  sent_time {bigint},
+  payload {blob} NOT NULL,
+  locked_until {bigint} NOT NULL DEFAULT 0,
+  lock_token {bigint},
+  deliveries {int} NOT NULL DEFAULT 0{index_inline}
+)"
+        )];
+        if dialect != Dialect::MySql {
+            schema.push(
+                "CREATE INDEX IF NOT EXISTS courier_messages_queue ON courier_messages (queue, id)"
+                    .into(),
+            );
+        }
+        schema.push(format!("CREATE TABLE IF NOT EXISTS courier_schema (version {int} NOT NULL)"));
+
+        let skip_locked = if dialect == Dialect::Sqlite { "" } else { " FOR UPDATE SKIP LOCKED" };
+        let ready = "queue = ? AND locked_until <= ?";
+        let claim = match dialect {
+            Dialect::MySql => format!(
+                "SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT 1{skip_locked}"
+            ),
+            _ => format!(
+                "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
+                 WHERE id = (SELECT id FROM courier_messages WHERE {ready} ORDER BY id LIMIT 1{skip_locked}) \
+                 RETURNING {ROW_COLUMNS}"
+            ),
+        };
+        let statements = Statements {
+            dialect,
+            schema,
+            schema_version: "SELECT MAX(version) FROM courier_schema".into(),
+            insert_version: "INSERT INTO courier_schema (version) VALUES (?)".into(),
+            insert: if dialect == Dialect::Postgres {
+                format!("WITH m AS ({INSERT} RETURNING queue) SELECT pg_notify('courier', queue) FROM m")
+            } else {
+                INSERT.into()
+            },
+            claim,
+            claim_update: "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
+                           WHERE id = ?"
+                .into(),
+            delete: "DELETE FROM courier_messages WHERE id = ? AND lock_token = ? AND queue = ?".into(),
+            release: "UPDATE courier_messages SET locked_until = 0, lock_token = NULL \
+                      WHERE id = ? AND lock_token = ? AND queue = ?"
+                .into(),
+            renew: "UPDATE courier_messages SET locked_until = ? \
+                    WHERE id = ? AND lock_token = ? AND queue = ? AND locked_until > ?"
+                .into(),
+            move_locked: "UPDATE courier_messages SET queue = ?, locked_until = 0, lock_token = NULL, deliveries = 0 \
+                          WHERE id = ? AND lock_token = ?"
+                .into(),
+            count: format!("SELECT COUNT(*) FROM courier_messages WHERE {ready}"),
+            peek: format!("SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT ?"),
+            clear: format!("DELETE FROM courier_messages WHERE {ready}"),
+        };
+        statements.with_placeholders()
+    }
+
+    /// Postgres numbers its placeholders: `?` becomes `$1`, `$2`, ...
+    fn with_placeholders(mut self) -> Self {
+        if self.dialect != Dialect::Postgres {
+            return self;
+        }
+        for sql in [
+            &mut self.insert_version,
+            &mut self.insert,
+            &mut self.claim,
+            &mut self.claim_update,
+            &mut self.delete,
+            &mut self.release,
+            &mut self.renew,
+            &mut self.move_locked,
+            &mut self.count,
+            &mut self.peek,
+            &mut self.clear,
+        ] {
+            *sql = number_placeholders(sql);
+        }
+        self
+    }
+}
+
+/// `?` → `$1`, `$2`, ... (the statements here have no `?` inside string literals).
+fn number_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let s = Statements::new(Dialect::Postgres);
+        assert!(s.claim.contains("$1") && s.claim.contains("$4") && !s.claim.contains('?'));
+        assert!(s.claim.contains("SKIP LOCKED"));
+        assert!(s.insert.contains("pg_notify('courier', queue)") && s.insert.contains("$6"));
+    }
+
+    #[test]
+    fn sqlite_has_no_skip_locked_and_mysql_claims_in_two_steps() {
+        let sqlite = Statements::new(Dialect::Sqlite);
+        assert!(!sqlite.claim.contains("SKIP LOCKED") && sqlite.claim.contains("RETURNING"));
+        let mysql = Statements::new(Dialect::MySql);
+        assert!(mysql.claim.starts_with("SELECT") && mysql.claim.ends_with("FOR UPDATE SKIP LOCKED"));
+        assert_eq!(mysql.schema.len(), 2, "MySQL declares its index inside CREATE TABLE");
+    }
+}

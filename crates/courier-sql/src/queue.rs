@@ -1,0 +1,487 @@
+//! [`SqlMessageQueue`]: the `MessageQueue` over a [`SqlStore`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use courier_core::{
+    ConfigParams, Error, LockToken, MessageEnvelope, MessageQueue, MessageReceiver,
+    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, check_known_options,
+};
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::store::{SqlStore, StoredRow};
+
+const BACKEND: &str = "sql";
+
+/// The options an SQL queue reads besides the shared ones (without the `options.` prefix).
+const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
+
+/// What a SQL queue's lock token holds: the row and the claim's random token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SqlLock {
+    id: i64,
+    token: i64,
+}
+
+/// Where a queue gets its store: a shared one, or its own made from a URL on `open`.
+enum Source {
+    Shared(SqlStore),
+    Own { url: String, max_connections: Option<u32> },
+}
+
+/// A durable [`MessageQueue`] in a SQL database: SQLite, PostgreSQL or MySQL/MariaDB.
+///
+/// Messages are rows of `courier_messages` (see the [crate docs](crate) for the schema); a
+/// receive claims the oldest ready row of the queue by setting its lock deadline and a random
+/// lock token (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL, one `UPDATE … RETURNING` on
+/// SQLite), so competing consumers in any number of processes never get the same message while
+/// its lock holds. Nothing runs in the background: an expired lock is simply claimable again.
+/// Dead letters move to the queue `<name>.dlq` in the same table.
+///
+/// Waiting receivers wake at once for messages sent through the same [`SqlStore`], on
+/// PostgreSQL also for messages sent by other processes (`LISTEN`/`NOTIFY`), and otherwise
+/// poll every `options.poll_interval` (default 200 ms, 1 s on PostgreSQL), which also bounds
+/// every wait: correctness never depends on a notification.
+///
+/// # Cancel safety
+///
+/// `receive` runs its claim in a task of its own: if the `receive` future is dropped, a
+/// message the claim took is kept by this queue handle and returned by its next `receive`
+/// (or redelivered by the database when its lock expires, if there is none).
+pub struct SqlMessageQueue {
+    base: QueueBase,
+    source: Source,
+    store: Mutex<Option<SqlStore>>,
+    dead_letter_queue: String,
+    poll_interval: Duration,
+    /// Messages claimed by `receive` calls that were cancelled, with when they were claimed.
+    stash: Arc<Mutex<VecDeque<(MessageEnvelope, Instant)>>>,
+}
+
+impl SqlMessageQueue {
+    /// A closed queue on `store`, configured by `config` (`name` or `queue`, `options.*`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the invalid key.
+    pub fn with_store(store: SqlStore, config: &ConfigParams) -> Result<Self> {
+        Self::new(Source::Shared(store), config)
+    }
+
+    /// A closed queue that connects to its own database on `open`: `connection.uri` (or the
+    /// URI `connect` was given) names it, `options.max_connections` sizes its pool.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the invalid or missing key.
+    pub fn with_config(config: &ConfigParams) -> Result<Self> {
+        let url = database_url(config)?;
+        let max_connections = config
+            .get_as_u64("options.max_connections")?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        Self::new(Source::Own { url, max_connections }, config)
+    }
+
+    fn new(source: Source, config: &ConfigParams) -> Result<Self> {
+        let base = QueueBase::from_config(BACKEND, config, None)?;
+        let default_poll = match &source {
+            Source::Shared(store) if store.dialect() == crate::Dialect::Postgres => 1000,
+            Source::Own { url, .. } if url.starts_with("postgres") => 1000,
+            _ => 200,
+        };
+        let poll_interval = config
+            .get_as_duration_ms("options.poll_interval")?
+            .unwrap_or(Duration::from_millis(default_poll))
+            .max(Duration::from_millis(1));
+        let dead_letter_queue = base.options().dead_letter_queue_name(base.name());
+        Ok(SqlMessageQueue {
+            store: Mutex::new(match &source {
+                Source::Shared(store) => Some(store.clone()),
+                Source::Own { .. } => None,
+            }),
+            base,
+            source,
+            dead_letter_queue,
+            poll_interval,
+            stash: Arc::new(Mutex::new(VecDeque::new())),
+        })
+    }
+
+    /// Creates a closed queue from a URI's configuration (see [`config_from_uri`]): what the
+    /// registered schemes call.
+    ///
+    /// [`config_from_uri`]: courier_core::config_from_uri
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) for an unknown option or a
+    /// missing `queue` parameter.
+    pub fn from_uri_config(config: &ConfigParams) -> Result<Self> {
+        let mut known: Vec<&str> = OPTION_KEYS.to_vec();
+        known.extend(SQL_OPTION_KEYS);
+        check_known_options(config, &known)?;
+        if config.get("queue").or_else(|| config.get("name")).is_none() {
+            return Err(Error::config("queue", "the URI needs a `queue=NAME` parameter").with_backend(BACKEND));
+        }
+        Self::with_config(config)
+    }
+
+    /// The name of the dead-letter queue, in the same store.
+    pub fn dead_letter_queue_name(&self) -> &str {
+        &self.dead_letter_queue
+    }
+
+    fn store(&self) -> Result<SqlStore> {
+        self.base.check_open()?;
+        self.store
+            .lock()
+            .clone()
+            .ok_or_else(|| Error::not_opened(self.base.name()).with_backend(BACKEND))
+    }
+
+    fn lock_of(message: &MessageEnvelope) -> Option<SqlLock> {
+        message.lock_token()?.downcast_ref::<SqlLock>().copied()
+    }
+
+    /// Releases our claim of `message` (its lock token settles) through `op`.
+    async fn settle<F, Fut>(&self, message: &MessageEnvelope, op: F) -> Result<bool>
+    where
+        F: FnOnce(SqlStore, SqlLock) -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let store = self.store()?;
+        let Some(lock) = Self::lock_of(message) else {
+            return Ok(false);
+        };
+        let done = op(store, lock).await?;
+        if done {
+            if let Some(token) = message.lock_token() {
+                token.settle();
+            }
+        }
+        Ok(done)
+    }
+
+    /// A message a cancelled receive kept, if its lock is still fresh.
+    fn from_stash(&self) -> Option<MessageEnvelope> {
+        let lock_timeout = self.base.options().lock_timeout;
+        let mut stash = self.stash.lock();
+        while let Some((message, claimed)) = stash.pop_front() {
+            if claimed.elapsed() < lock_timeout {
+                return Some(message);
+            }
+        }
+        None
+    }
+
+    /// One claim, in a task of its own so that a cancelled receive loses nothing.
+    async fn claim_once(&self, store: &SqlStore) -> Result<Option<MessageEnvelope>> {
+        let (tx, rx) = oneshot::channel();
+        let task = {
+            let store = store.clone();
+            let queue = self.base.name().to_owned();
+            let dead_letter_queue = self.dead_letter_queue.clone();
+            let lock_timeout = self.base.options().lock_timeout;
+            let max_deliveries = self.base.options().max_deliveries;
+            let stash = self.stash.clone();
+            async move {
+                let result = claim(&store, &queue, &dead_letter_queue, lock_timeout, max_deliveries).await;
+                if let Err(Ok(Some(message))) = tx.send(result) {
+                    stash.lock().push_back((message, Instant::now()));
+                }
+            }
+        };
+        tokio::spawn(task);
+        let mut guard = StashOnDrop { rx, done: false, stash: &self.stash };
+        let result = (&mut guard.rx).await;
+        guard.done = true;
+        result.unwrap_or_else(|_| {
+            Err(Error::new(courier_core::ErrorKind::Backend, "the claim task failed").with_backend(BACKEND))
+        })
+    }
+}
+
+/// Keeps a claimed message that arrives after its `receive` was dropped.
+struct StashOnDrop<'a> {
+    rx: oneshot::Receiver<Result<Option<MessageEnvelope>>>,
+    done: bool,
+    stash: &'a Mutex<VecDeque<(MessageEnvelope, Instant)>>,
+}
+
+impl Drop for StashOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Closed first: from here on the claim task keeps what it gets itself.
+            self.rx.close();
+            if let Ok(Ok(Some(message))) = self.rx.try_recv() {
+                self.stash.lock().push_back((message, Instant::now()));
+            }
+        }
+    }
+}
+
+/// Claims the next message of `queue`: rows past `max_deliveries` and rows that do not decode
+/// go to the dead-letter queue on the way.
+async fn claim(
+    store: &SqlStore,
+    queue: &str,
+    dead_letter_queue: &str,
+    lock_timeout: Duration,
+    max_deliveries: Option<u32>,
+) -> Result<Option<MessageEnvelope>> {
+    loop {
+        let now = now_micros();
+        let until = now.saturating_add(i64::try_from(lock_timeout.as_micros()).unwrap_or(i64::MAX));
+        let token = rand::random::<i64>();
+        let Some(row) = store.claim(queue, now, until, token).await? else {
+            return Ok(None);
+        };
+        let StoredRow { id, deliveries, envelope, .. } = row;
+        let deliveries = u32::try_from(deliveries).unwrap_or(0);
+        let envelope = match envelope {
+            Ok(envelope) if max_deliveries.is_none_or(|max| deliveries <= max) => envelope,
+            Ok(_) => {
+                // Its lock expired after its last allowed delivery.
+                store.move_locked(dead_letter_queue, id, token).await?;
+                continue;
+            }
+            Err(why) => {
+                tracing::error!(queue, row = id, error = %why, "Moving a message that does not decode to the dead-letter queue");
+                store.move_locked(dead_letter_queue, id, token).await?;
+                continue;
+            }
+        };
+        let mut envelope = envelope;
+        envelope.set_delivery_count(deliveries);
+        envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token })));
+        return Ok(Some(envelope));
+    }
+}
+
+fn now_micros() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// The database URL of `config`: `connection.uri` without courier's own query parameters.
+fn database_url(config: &ConfigParams) -> Result<String> {
+    let uri = config
+        .get("connection.uri")
+        .ok_or_else(|| Error::config("connection.uri", "an SQL queue needs the database URL").with_backend(BACKEND))?;
+    let Ok(mut url) = url::Url::parse(uri) else {
+        // `sqlite::memory:` and other forms the url crate cannot take apart go as they are.
+        return Ok(uri.to_owned());
+    };
+    let ours = |k: &str| k == "queue" || k == "name" || OPTION_KEYS.contains(&k) || SQL_OPTION_KEYS.contains(&k);
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !ours(k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok(url.to_string())
+}
+
+impl fmt::Debug for SqlMessageQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlMessageQueue")
+            .field("base", &self.base)
+            .field("store", &*self.store.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl MessageQueue for SqlMessageQueue {
+    fn name(&self) -> &str {
+        self.base.name()
+    }
+
+    fn capabilities(&self) -> MessagingCapabilities {
+        MessagingCapabilities::all()
+    }
+
+    fn is_open(&self) -> bool {
+        self.base.is_open()
+    }
+
+    async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        if let Source::Own { url, max_connections } = &self.source {
+            let mut options = crate::StoreOptions::default();
+            options.max_connections = *max_connections;
+            let store = SqlStore::connect_with(url, &options)
+                .await
+                .map_err(|e| e.with_queue(self.name()))?;
+            *self.store.lock() = Some(store);
+        }
+        self.base.set_open(true);
+        tracing::debug!(queue = self.name(), correlation_id, "Opened queue {}", self.name());
+        Ok(())
+    }
+
+    async fn close(&self, correlation_id: Option<&str>) -> Result<()> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        self.base.stop_listeners().await;
+        // Messages kept from cancelled receives go back at once.
+        let kept: Vec<_> = self.stash.lock().drain(..).collect();
+        for (message, _) in kept {
+            let _ = self.abandon(&message).await;
+        }
+        self.base.set_open(false);
+        if let Source::Own { .. } = self.source {
+            let store = self.store.lock().take();
+            if let Some(store) = store {
+                store.close().await;
+            }
+        }
+        tracing::trace!(queue = self.name(), correlation_id, "Closed queue [{}]", self.name());
+        Ok(())
+    }
+
+    async fn read_message_count(&self) -> Result<usize> {
+        self.store()?.count(self.name(), now_micros()).await
+    }
+
+    async fn send(&self, correlation_id: Option<&str>, mut envelope: MessageEnvelope) -> Result<()> {
+        let store = self.store()?;
+        envelope.sent_time = Some(chrono::Utc::now());
+        store.insert(self.name(), &envelope).await?;
+        self.base.count_sent();
+        tracing::debug!(queue = self.name(), correlation_id, "Sent message {} via {}", envelope, self.name());
+        Ok(())
+    }
+
+    async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
+        Ok(self.peek_batch(correlation_id, 1).await?.into_iter().next())
+    }
+
+    async fn peek_batch(
+        &self,
+        correlation_id: Option<&str>,
+        message_count: usize,
+    ) -> Result<Vec<MessageEnvelope>> {
+        let rows = self.store()?.peek(self.name(), now_micros(), message_count).await?;
+        let messages: Vec<_> = rows.into_iter().filter_map(|r| r.envelope.ok()).collect();
+        tracing::trace!(queue = self.name(), correlation_id, "Peeked {} messages on {}", messages.len(), self.name());
+        Ok(messages)
+    }
+
+    async fn receive(
+        &self,
+        correlation_id: Option<&str>,
+        wait_timeout: Duration,
+    ) -> Result<Option<MessageEnvelope>> {
+        let store = self.store()?;
+        if let Some(message) = self.from_stash() {
+            return Ok(Some(message));
+        }
+        let deadline = tokio::time::Instant::now() + wait_timeout;
+        let notify = store.notifier(self.name());
+        loop {
+            let arrived = notify.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(message) = self.claim_once(&store).await? {
+                self.base.count_received();
+                tracing::debug!(queue = self.name(), correlation_id, "Received message {} via {}", message, self.name());
+                return Ok(Some(message));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let wake = deadline.min(now + self.poll_interval);
+            tokio::select! {
+                () = &mut arrived => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            self.base.check_open()?;
+        }
+    }
+
+    async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
+        let store = self.store()?;
+        if let Some(lock) = Self::lock_of(message) {
+            let now = now_micros();
+            store
+                .renew(self.name(), lock.id, lock.token, now, now.saturating_add(micros(lock_timeout)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
+        let queue = self.name();
+        self.settle(message, |store, lock| async move { store.delete(queue, lock.id, lock.token).await })
+            .await?;
+        Ok(())
+    }
+
+    async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
+        let queue = self.name();
+        let dead_letter_queue = self.dead_letter_queue.as_str();
+        let max = self.base.options().max_deliveries;
+        let to_dead = max.is_some_and(|max| message.delivery_count() >= max);
+        let moved = self
+            .settle(message, |store, lock| async move {
+                if to_dead {
+                    store.move_locked(dead_letter_queue, lock.id, lock.token).await
+                } else {
+                    store.release(queue, lock.id, lock.token).await
+                }
+            })
+            .await?;
+        if moved && to_dead {
+            self.base.count_dead();
+        }
+        Ok(())
+    }
+
+    async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
+        let dead_letter_queue = self.dead_letter_queue.as_str();
+        let moved = self
+            .settle(message, |store, lock| async move {
+                store.move_locked(dead_letter_queue, lock.id, lock.token).await
+            })
+            .await?;
+        if moved {
+            self.base.count_dead();
+            tracing::debug!(queue = self.name(), "Moved to dead message {} at {}", message, self.name());
+        }
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        correlation_id: Option<&str>,
+        receiver: Arc<dyn MessageReceiver>,
+    ) -> Result<()> {
+        self.base.listen(self, correlation_id, receiver).await
+    }
+
+    fn end_listen(&self, _correlation_id: Option<&str>) {
+        self.base.listen_control().end_listen();
+    }
+
+    async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
+        let removed = self.store()?.clear(self.name(), now_micros()).await?;
+        tracing::trace!(queue = self.name(), correlation_id, removed, "Cleared queue [{}]", self.name());
+        Ok(())
+    }
+}
