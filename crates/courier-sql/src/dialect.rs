@@ -57,8 +57,20 @@ pub(crate) struct Statements {
 impl Statements {
     pub(crate) fn new(dialect: Dialect) -> Self {
         let (id, bigint, int, text, blob) = match dialect {
-            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER", "INTEGER", "TEXT", "BLOB"),
-            Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "BIGINT", "INTEGER", "TEXT", "BYTEA"),
+            Dialect::Sqlite => (
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "INTEGER",
+                "INTEGER",
+                "TEXT",
+                "BLOB",
+            ),
+            Dialect::Postgres => (
+                "BIGSERIAL PRIMARY KEY",
+                "BIGINT",
+                "INTEGER",
+                "TEXT",
+                "BYTEA",
+            ),
             Dialect::MySql => (
                 "BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
                 "BIGINT",
@@ -92,9 +104,15 @@ impl Statements {
                     .into(),
             );
         }
-        schema.push(format!("CREATE TABLE IF NOT EXISTS courier_schema (version {int} NOT NULL)"));
+        schema.push(format!(
+            "CREATE TABLE IF NOT EXISTS courier_schema (version {int} NOT NULL)"
+        ));
 
-        let skip_locked = if dialect == Dialect::Sqlite { "" } else { " FOR UPDATE SKIP LOCKED" };
+        let skip_locked = if dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE SKIP LOCKED"
+        };
         let ready = "queue = ? AND locked_until <= ?";
         let claim = match dialect {
             Dialect::MySql => format!(
@@ -194,7 +212,13 @@ mod tests {
         let sqlite = Statements::new(Dialect::Sqlite);
         assert!(!sqlite.claim.contains("SKIP LOCKED") && sqlite.claim.contains("RETURNING"));
         let mysql = Statements::new(Dialect::MySql);
-        assert!(mysql.claim.starts_with("SELECT") && mysql.claim.ends_with("FOR UPDATE SKIP LOCKED"));
-        assert_eq!(mysql.schema.len(), 2, "MySQL declares its index inside CREATE TABLE");
+        assert!(
+            mysql.claim.starts_with("SELECT") && mysql.claim.ends_with("FOR UPDATE SKIP LOCKED")
+        );
+        assert_eq!(
+            mysql.schema.len(),
+            2,
+            "MySQL declares its index inside CREATE TABLE"
+        );
     }
 }

@@ -108,7 +108,9 @@ pub fn register_descriptors(factory: &mut DefaultMessagingFactory) {
                 Descriptor::new("pip-services", "message-queue", kind, "*", "1.0"),
                 Box::new(|locator, config| {
                     let config = named_config(locator, config)?;
-                    Ok(Component::Queue(Arc::new(SqlMessageQueue::with_config(&config)?)))
+                    Ok(Component::Queue(Arc::new(SqlMessageQueue::with_config(
+                        &config,
+                    )?)))
                 }),
             );
         }

@@ -30,7 +30,10 @@ struct SqlLock {
 /// Where a queue gets its store: a shared one, or its own made from a URL on `open`.
 enum Source {
     Shared(SqlStore),
-    Own { url: String, max_connections: Option<u32> },
+    Own {
+        url: String,
+        max_connections: Option<u32>,
+    },
 }
 
 /// A durable [`MessageQueue`] in a SQL database: SQLite, PostgreSQL or MySQL/MariaDB.
@@ -83,7 +86,13 @@ impl SqlMessageQueue {
         let max_connections = config
             .get_as_u64("options.max_connections")?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-        Self::new(Source::Own { url, max_connections }, config)
+        Self::new(
+            Source::Own {
+                url,
+                max_connections,
+            },
+            config,
+        )
     }
 
     fn new(source: Source, config: &ConfigParams) -> Result<Self> {
@@ -125,7 +134,10 @@ impl SqlMessageQueue {
         known.extend(SQL_OPTION_KEYS);
         check_known_options(config, &known)?;
         if config.get("queue").or_else(|| config.get("name")).is_none() {
-            return Err(Error::config("queue", "the URI needs a `queue=NAME` parameter").with_backend(BACKEND));
+            return Err(
+                Error::config("queue", "the URI needs a `queue=NAME` parameter")
+                    .with_backend(BACKEND),
+            );
         }
         Self::with_config(config)
     }
@@ -189,18 +201,32 @@ impl SqlMessageQueue {
             let max_deliveries = self.base.options().max_deliveries;
             let stash = self.stash.clone();
             async move {
-                let result = claim(&store, &queue, &dead_letter_queue, lock_timeout, max_deliveries).await;
+                let result = claim(
+                    &store,
+                    &queue,
+                    &dead_letter_queue,
+                    lock_timeout,
+                    max_deliveries,
+                )
+                .await;
                 if let Err(Ok(Some(message))) = tx.send(result) {
                     stash.lock().push_back((message, Instant::now()));
                 }
             }
         };
         tokio::spawn(task);
-        let mut guard = StashOnDrop { rx, done: false, stash: &self.stash };
+        let mut guard = StashOnDrop {
+            rx,
+            done: false,
+            stash: &self.stash,
+        };
         let result = (&mut guard.rx).await;
         guard.done = true;
         result.unwrap_or_else(|_| {
-            Err(Error::new(courier_core::ErrorKind::Backend, "the claim task failed").with_backend(BACKEND))
+            Err(
+                Error::new(courier_core::ErrorKind::Backend, "the claim task failed")
+                    .with_backend(BACKEND),
+            )
         })
     }
 }
@@ -240,7 +266,12 @@ async fn claim(
         let Some(row) = store.claim(queue, now, until, token).await? else {
             return Ok(None);
         };
-        let StoredRow { id, deliveries, envelope, .. } = row;
+        let StoredRow {
+            id,
+            deliveries,
+            envelope,
+            ..
+        } = row;
         let deliveries = u32::try_from(deliveries).unwrap_or(0);
         let envelope = match envelope {
             Ok(envelope) if max_deliveries.is_none_or(|max| deliveries <= max) => envelope,
@@ -272,14 +303,16 @@ fn micros(d: Duration) -> i64 {
 
 /// The database URL of `config`: `connection.uri` without courier's own query parameters.
 fn database_url(config: &ConfigParams) -> Result<String> {
-    let uri = config
-        .get("connection.uri")
-        .ok_or_else(|| Error::config("connection.uri", "an SQL queue needs the database URL").with_backend(BACKEND))?;
+    let uri = config.get("connection.uri").ok_or_else(|| {
+        Error::config("connection.uri", "an SQL queue needs the database URL").with_backend(BACKEND)
+    })?;
     let Ok(mut url) = url::Url::parse(uri) else {
         // `sqlite::memory:` and other forms the url crate cannot take apart go as they are.
         return Ok(uri.to_owned());
     };
-    let ours = |k: &str| k == "queue" || k == "name" || OPTION_KEYS.contains(&k) || SQL_OPTION_KEYS.contains(&k);
+    let ours = |k: &str| {
+        k == "queue" || k == "name" || OPTION_KEYS.contains(&k) || SQL_OPTION_KEYS.contains(&k)
+    };
     let kept: Vec<(String, String)> = url
         .query_pairs()
         .filter(|(k, _)| !ours(k))
@@ -320,7 +353,11 @@ impl MessageQueue for SqlMessageQueue {
         if self.is_open() {
             return Ok(());
         }
-        if let Source::Own { url, max_connections } = &self.source {
+        if let Source::Own {
+            url,
+            max_connections,
+        } = &self.source
+        {
             let mut options = crate::StoreOptions::default();
             options.max_connections = *max_connections;
             let store = SqlStore::connect_with(url, &options)
@@ -329,7 +366,12 @@ impl MessageQueue for SqlMessageQueue {
             *self.store.lock() = Some(store);
         }
         self.base.set_open(true);
-        tracing::debug!(queue = self.name(), correlation_id, "Opened queue {}", self.name());
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Opened queue {}",
+            self.name()
+        );
         Ok(())
     }
 
@@ -350,7 +392,12 @@ impl MessageQueue for SqlMessageQueue {
                 store.close().await;
             }
         }
-        tracing::trace!(queue = self.name(), correlation_id, "Closed queue [{}]", self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Closed queue [{}]",
+            self.name()
+        );
         Ok(())
     }
 
@@ -358,12 +405,22 @@ impl MessageQueue for SqlMessageQueue {
         self.store()?.count(self.name(), now_micros()).await
     }
 
-    async fn send(&self, correlation_id: Option<&str>, mut envelope: MessageEnvelope) -> Result<()> {
+    async fn send(
+        &self,
+        correlation_id: Option<&str>,
+        mut envelope: MessageEnvelope,
+    ) -> Result<()> {
         let store = self.store()?;
         envelope.sent_time = Some(chrono::Utc::now());
         store.insert(self.name(), &envelope).await?;
         self.base.count_sent();
-        tracing::debug!(queue = self.name(), correlation_id, "Sent message {} via {}", envelope, self.name());
+        tracing::debug!(
+            queue = self.name(),
+            correlation_id,
+            "Sent message {} via {}",
+            envelope,
+            self.name()
+        );
         Ok(())
     }
 
@@ -376,9 +433,18 @@ impl MessageQueue for SqlMessageQueue {
         correlation_id: Option<&str>,
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
-        let rows = self.store()?.peek(self.name(), now_micros(), message_count).await?;
+        let rows = self
+            .store()?
+            .peek(self.name(), now_micros(), message_count)
+            .await?;
         let messages: Vec<_> = rows.into_iter().filter_map(|r| r.envelope.ok()).collect();
-        tracing::trace!(queue = self.name(), correlation_id, "Peeked {} messages on {}", messages.len(), self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            "Peeked {} messages on {}",
+            messages.len(),
+            self.name()
+        );
         Ok(messages)
     }
 
@@ -399,7 +465,13 @@ impl MessageQueue for SqlMessageQueue {
             arrived.as_mut().enable();
             if let Some(message) = self.claim_once(&store).await? {
                 self.base.count_received();
-                tracing::debug!(queue = self.name(), correlation_id, "Received message {} via {}", message, self.name());
+                tracing::debug!(
+                    queue = self.name(),
+                    correlation_id,
+                    "Received message {} via {}",
+                    message,
+                    self.name()
+                );
                 return Ok(Some(message));
             }
             let now = tokio::time::Instant::now();
@@ -420,7 +492,13 @@ impl MessageQueue for SqlMessageQueue {
         if let Some(lock) = Self::lock_of(message) {
             let now = now_micros();
             store
-                .renew(self.name(), lock.id, lock.token, now, now.saturating_add(micros(lock_timeout)))
+                .renew(
+                    self.name(),
+                    lock.id,
+                    lock.token,
+                    now,
+                    now.saturating_add(micros(lock_timeout)),
+                )
                 .await?;
         }
         Ok(())
@@ -428,8 +506,10 @@ impl MessageQueue for SqlMessageQueue {
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         let queue = self.name();
-        self.settle(message, |store, lock| async move { store.delete(queue, lock.id, lock.token).await })
-            .await?;
+        self.settle(message, |store, lock| async move {
+            store.delete(queue, lock.id, lock.token).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -441,7 +521,9 @@ impl MessageQueue for SqlMessageQueue {
         let moved = self
             .settle(message, |store, lock| async move {
                 if to_dead {
-                    store.move_locked(dead_letter_queue, lock.id, lock.token).await
+                    store
+                        .move_locked(dead_letter_queue, lock.id, lock.token)
+                        .await
                 } else {
                     store.release(queue, lock.id, lock.token).await
                 }
@@ -457,12 +539,19 @@ impl MessageQueue for SqlMessageQueue {
         let dead_letter_queue = self.dead_letter_queue.as_str();
         let moved = self
             .settle(message, |store, lock| async move {
-                store.move_locked(dead_letter_queue, lock.id, lock.token).await
+                store
+                    .move_locked(dead_letter_queue, lock.id, lock.token)
+                    .await
             })
             .await?;
         if moved {
             self.base.count_dead();
-            tracing::debug!(queue = self.name(), "Moved to dead message {} at {}", message, self.name());
+            tracing::debug!(
+                queue = self.name(),
+                "Moved to dead message {} at {}",
+                message,
+                self.name()
+            );
         }
         Ok(())
     }
@@ -481,7 +570,13 @@ impl MessageQueue for SqlMessageQueue {
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         let removed = self.store()?.clear(self.name(), now_micros()).await?;
-        tracing::trace!(queue = self.name(), correlation_id, removed, "Cleared queue [{}]", self.name());
+        tracing::trace!(
+            queue = self.name(),
+            correlation_id,
+            removed,
+            "Cleared queue [{}]",
+            self.name()
+        );
         Ok(())
     }
 }

@@ -63,13 +63,19 @@ macro_rules! decode_row {
             let message_type: String = row.try_get("message_type")?;
             let sent_time: Option<i64> = row.try_get("sent_time")?;
             let payload: Vec<u8> = row.try_get("payload")?;
-            let mut envelope = MessageEnvelope::new(correlation_id.as_deref(), &message_type, payload);
+            let mut envelope =
+                MessageEnvelope::new(correlation_id.as_deref(), &message_type, payload);
             envelope.message_id = message_id;
             envelope.sent_time = sent_time.and_then(DateTime::<Utc>::from_timestamp_micros);
             Ok(envelope)
         })()
         .map_err(|e| e.to_string());
-        StoredRow { id, lock_token, deliveries, envelope }
+        StoredRow {
+            id,
+            lock_token,
+            deliveries,
+            envelope,
+        }
     }};
 }
 
@@ -162,10 +168,17 @@ impl SqlStore {
     /// As [`connect`](Self::connect).
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self> {
         let redacted = redact_uri(url);
-        let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
+        let scheme = url
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let config_error = |e: sqlx::Error| {
-            Error::config("uri", format!("{redacted:?} is not a valid database URL: {e}"))
-                .with_backend(BACKEND)
+            Error::config(
+                "uri",
+                format!("{redacted:?} is not a valid database URL: {e}"),
+            )
+            .with_backend(BACKEND)
         };
         let pool = match scheme.as_str() {
             #[cfg(feature = "sqlite")]
@@ -183,21 +196,36 @@ impl SqlStore {
                 }
                 let pool_options = if in_memory {
                     // One connection that lives as long as the pool: the database is in it.
-                    pool_options(1, options).max_connections(1).idle_timeout(None).max_lifetime(None)
+                    pool_options(1, options)
+                        .max_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
                 } else {
                     pool_options(4, options)
                 };
-                Pool::Sqlite(pool_options.connect_with(connect).await.map_err(|e| connection_error(e, &redacted))?)
+                Pool::Sqlite(
+                    pool_options
+                        .connect_with(connect)
+                        .await
+                        .map_err(|e| connection_error(e, &redacted))?,
+                )
             }
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
-                let connect = sqlx::postgres::PgConnectOptions::from_str(url).map_err(config_error)?;
-                Pool::Postgres(pool_options(10, options).connect_with(connect).await.map_err(|e| connection_error(e, &redacted))?)
+                let connect =
+                    sqlx::postgres::PgConnectOptions::from_str(url).map_err(config_error)?;
+                Pool::Postgres(
+                    pool_options(10, options)
+                        .connect_with(connect)
+                        .await
+                        .map_err(|e| connection_error(e, &redacted))?,
+                )
             }
             #[cfg(feature = "mysql")]
             "mysql" | "mariadb" => {
                 let url = url.replacen("mariadb:", "mysql:", 1);
-                let connect = sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(config_error)?;
+                let connect =
+                    sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(config_error)?;
                 // READ COMMITTED: a claim's locking read then locks only the row it takes, not
                 // the gaps next to other consumers' rows (which SKIP LOCKED would skip).
                 let pool_options = pool_options(10, options).after_connect(|conn, _| {
@@ -208,12 +236,20 @@ impl SqlStore {
                             .map(drop)
                     })
                 });
-                Pool::MySql(pool_options.connect_with(connect).await.map_err(|e| connection_error(e, &redacted))?)
+                Pool::MySql(
+                    pool_options
+                        .connect_with(connect)
+                        .await
+                        .map_err(|e| connection_error(e, &redacted))?,
+                )
             }
             other => {
                 return Err(Error::config(
                     "uri",
-                    format!("no SQL dialect for scheme `{other}` in {redacted:?} (enabled: {})", enabled_schemes()),
+                    format!(
+                        "no SQL dialect for scheme `{other}` in {redacted:?} (enabled: {})",
+                        enabled_schemes()
+                    ),
                 )
                 .with_backend(BACKEND));
             }
@@ -290,7 +326,9 @@ impl SqlStore {
     async fn start_listener(&self) -> Result<()> {
         #[cfg(feature = "postgres")]
         if let Pool::Postgres(pool) = &self.inner.pool {
-            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await.map_err(sql_error)?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+                .await
+                .map_err(sql_error)?;
             listener.listen("courier").await.map_err(sql_error)?;
             let weak = Arc::downgrade(&self.inner);
             let task = tokio::spawn(async move {
@@ -353,7 +391,13 @@ impl SqlStore {
     }
 
     /// Locks the first ready message of `queue` until `locked_until` with `token`.
-    pub(crate) async fn claim(&self, queue: &str, now: i64, locked_until: i64, token: i64) -> Result<Option<StoredRow>> {
+    pub(crate) async fn claim(
+        &self,
+        queue: &str,
+        now: i64,
+        locked_until: i64,
+        token: i64,
+    ) -> Result<Option<StoredRow>> {
         let sql = &self.inner.sql;
         let row = on_pool!(self.inner, pool => {
             if sql.dialect == Dialect::MySql {
@@ -397,12 +441,15 @@ impl SqlStore {
 
     /// Deletes a locked message; `false` if the lock is not held.
     pub(crate) async fn delete(&self, queue: &str, id: i64, token: i64) -> Result<bool> {
-        self.update_locked(&self.inner.sql.delete, queue, id, token).await
+        self.update_locked(&self.inner.sql.delete, queue, id, token)
+            .await
     }
 
     /// Makes a locked message ready again; `false` if the lock is not held.
     pub(crate) async fn release(&self, queue: &str, id: i64, token: i64) -> Result<bool> {
-        let released = self.update_locked(&self.inner.sql.release, queue, id, token).await?;
+        let released = self
+            .update_locked(&self.inner.sql.release, queue, id, token)
+            .await?;
         if released {
             self.wake(queue);
         }
@@ -417,7 +464,14 @@ impl SqlStore {
     }
 
     /// Extends a live lock to `locked_until`; `false` if the lock is not held or expired.
-    pub(crate) async fn renew(&self, queue: &str, id: i64, token: i64, now: i64, locked_until: i64) -> Result<bool> {
+    pub(crate) async fn renew(
+        &self,
+        queue: &str,
+        id: i64,
+        token: i64,
+        now: i64,
+        locked_until: i64,
+    ) -> Result<bool> {
         let sql = &self.inner.sql;
         let affected = on_pool!(self.inner, pool => {
             sqlx::query(&sql.renew)
@@ -486,7 +540,10 @@ impl SqlStore {
     }
 }
 
-fn pool_options<DB: sqlx::Database>(default_max: u32, options: &StoreOptions) -> sqlx::pool::PoolOptions<DB> {
+fn pool_options<DB: sqlx::Database>(
+    default_max: u32,
+    options: &StoreOptions,
+) -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()
         .max_connections(options.max_connections.unwrap_or(default_max))
         .acquire_timeout(options.connect_timeout)
@@ -530,5 +587,7 @@ pub(crate) fn sql_error(e: sqlx::Error) -> Error {
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => ErrorKind::InvalidMessage,
         _ => ErrorKind::Backend,
     };
-    Error::new(kind, e.to_string()).with_backend(BACKEND).with_source(e)
+    Error::new(kind, e.to_string())
+        .with_backend(BACKEND)
+        .with_source(e)
 }

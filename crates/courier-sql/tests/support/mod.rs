@@ -23,11 +23,19 @@ pub struct SqlHarness {
 impl SqlHarness {
     /// A harness on a new SQLite file.
     pub async fn sqlite() -> Option<Self> {
-        let path = std::env::temp_dir().join(format!("courier-test-{}.db", uuid::Uuid::new_v4().simple()));
+        let path =
+            std::env::temp_dir().join(format!("courier-test-{}.db", uuid::Uuid::new_v4().simple()));
         let path = path.to_string_lossy().into_owned();
         let url = format!("sqlite://{path}");
-        let store = SqlStore::connect(&url).await.expect("a SQLite file can always be created");
-        Some(SqlHarness { backend: "sqlite", url, store, file: Some(path) })
+        let store = SqlStore::connect(&url)
+            .await
+            .expect("a SQLite file can always be created");
+        Some(SqlHarness {
+            backend: "sqlite",
+            url,
+            store,
+            file: Some(path),
+        })
     }
 
     /// A harness on the PostgreSQL of `COURIER_TEST_POSTGRES_URL` (or the local default).
@@ -46,7 +54,12 @@ impl SqlHarness {
         options.max_connections = Some(8);
         options.connect_timeout = Duration::from_secs(5);
         match SqlStore::connect_with(&url, &options).await {
-            Ok(store) => Some(SqlHarness { backend, url, store, file: None }),
+            Ok(store) => Some(SqlHarness {
+                backend,
+                url,
+                store,
+                file: None,
+            }),
             Err(e) => skip_or_fail(backend, &format!("{} ({var})", e)),
         }
     }
@@ -87,6 +100,9 @@ impl Harness for SqlHarness {
         if !config.contains_key("options.poll_interval") {
             config.set("options.poll_interval", "50");
         }
-        Ok(Arc::new(SqlMessageQueue::with_store(self.store.clone(), &config)?))
+        Ok(Arc::new(SqlMessageQueue::with_store(
+            self.store.clone(),
+            &config,
+        )?))
     }
 }

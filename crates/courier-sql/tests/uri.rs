@@ -1,0 +1,172 @@
+//! Queues made from URIs and config, and bad input: invalid URIs and options, unreachable
+//! databases, a schema from a newer courier, rows that do not decode.
+
+mod support;
+
+use std::time::Duration;
+
+use courier_core::{
+    ConfigParams, ErrorKind, MessageEnvelope, MessageQueue, connect, create_from_uri,
+};
+use courier_sql::{SqlMessageQueue, SqlStore};
+use support::SqlHarness;
+
+fn temp_sqlite() -> (String, impl Drop) {
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+            }
+        }
+    }
+    let path =
+        std::env::temp_dir().join(format!("courier-uri-{}.db", uuid::Uuid::new_v4().simple()));
+    let path = path.to_string_lossy().into_owned();
+    (format!("sqlite://{path}"), Remove(path))
+}
+
+#[tokio::test]
+async fn connect_by_uri_sends_and_receives_on_every_dialect() {
+    courier_sql::register();
+    let (sqlite, _file) = temp_sqlite();
+    let mut uris = vec![format!(
+        "{sqlite}?queue=uri-test&lock_timeout=5000&poll_interval=20"
+    )];
+    for harness in [SqlHarness::postgres().await, SqlHarness::mysql().await]
+        .into_iter()
+        .flatten()
+    {
+        let name = format!("uri-{}", uuid::Uuid::new_v4().simple());
+        uris.push(harness.queue_uri(&name, "max_deliveries=2"));
+    }
+    for uri in uris {
+        let queue = connect(&uri).await.unwrap_or_else(|e| panic!("{uri}: {e}"));
+        queue
+            .send(
+                Some("c"),
+                MessageEnvelope::new(Some("c"), "t", "over a URI"),
+            )
+            .await
+            .unwrap();
+        let got = queue
+            .receive(None, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(got.message_as_string().unwrap(), "over a URI");
+        queue.complete(&got).await.unwrap();
+        queue.close(None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    courier_sql::register();
+    let queue = connect("sqlite::memory:?queue=mem").await.unwrap();
+    queue
+        .send(None, MessageEnvelope::new(None, "t", "x"))
+        .await
+        .unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn bad_uris_and_options_are_config_errors_naming_the_key() {
+    courier_sql::register();
+    let (sqlite, _file) = temp_sqlite();
+    for (uri, key) in [
+        (format!("{sqlite}"), "queue"),
+        (
+            format!("{sqlite}?queue=q&lock_timout=5"),
+            "options.lock_timout",
+        ),
+        (
+            format!("{sqlite}?queue=q&poll_interval=soon"),
+            "options.poll_interval",
+        ),
+        (
+            format!("{sqlite}?queue=q&max_deliveries=0"),
+            "options.max_deliveries",
+        ),
+    ] {
+        let err = create_from_uri(&uri).map(drop).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{uri}: {err}");
+        assert!(err.to_string().contains(key), "{uri}: {err}");
+    }
+    let err =
+        SqlMessageQueue::with_config(&ConfigParams::from_string("name=q").unwrap()).unwrap_err();
+    assert!(err.to_string().contains("connection.uri"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_connection_error_without_the_password() {
+    let config =
+        courier_core::config_from_uri("postgres://app:s3cr3tpw@127.0.0.1:1/db?queue=q").unwrap();
+    let queue = SqlMessageQueue::from_uri_config(&config).unwrap();
+    let err = queue.open(None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    let shown = format!("{err} {err:?} {queue:?}");
+    assert!(!shown.contains("s3cr3tpw"), "{shown}");
+    assert_eq!(
+        queue
+            .send(None, MessageEnvelope::new(None, "t", "x"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotOpened
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let (sqlite, _file) = temp_sqlite();
+    let store = SqlStore::connect(&sqlite).await.unwrap();
+    store
+        .execute_raw("INSERT INTO courier_schema (version) VALUES (999)")
+        .await
+        .unwrap();
+    store.close().await;
+    let err = SqlStore::connect(&sqlite).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("999"), "{err}");
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_decode_goes_to_the_dead_letter_queue() {
+    let (sqlite, _file) = temp_sqlite();
+    let store = SqlStore::connect(&sqlite).await.unwrap();
+    // SQLite keeps what it is given: a BLOB where text belongs does not decode as a String.
+    store
+        .execute_raw(
+            "INSERT INTO courier_messages (queue, message_id, correlation_id, message_type, sent_time, payload) \
+             VALUES ('rows', 'bad', NULL, X'FFFE', NULL, X'00')",
+        )
+        .await
+        .unwrap();
+    let config = ConfigParams::from_string("name=rows").unwrap();
+    let queue = SqlMessageQueue::with_store(store.clone(), &config).unwrap();
+    queue.open(None).await.unwrap();
+    queue
+        .send(None, MessageEnvelope::new(None, "good", "fine"))
+        .await
+        .unwrap();
+    let got = queue
+        .receive(None, Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("the good message");
+    assert_eq!(
+        got.message_type, "good",
+        "the bad row must not block the queue"
+    );
+    let dlq =
+        SqlMessageQueue::with_store(store, &ConfigParams::from_string("name=rows.dlq").unwrap())
+            .unwrap();
+    dlq.open(None).await.unwrap();
+    assert_eq!(
+        dlq.read_message_count().await.unwrap(),
+        1,
+        "the bad row is in the dead-letter queue"
+    );
+}
