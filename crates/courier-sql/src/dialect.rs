@@ -179,6 +179,36 @@ impl Statements {
     }
 }
 
+/// The statements a queue issues on the hot path, for benchmarks that issue the same ones
+/// directly with sqlx. Binds as documented on the queue's internal statements: insert (queue,
+/// message_id, correlation_id, message_type, sent_time µs, payload); claim (Postgres and
+/// SQLite: locked_until, lock_token, queue, now; MySQL: queue, now, then `claim_update` with
+/// locked_until, lock_token, id); delete (id, lock_token, queue).
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct HotStatements {
+    /// What `send` issues.
+    pub insert: String,
+    /// What `receive` issues (the SELECT half on MySQL).
+    pub claim: String,
+    /// MySQL: the UPDATE half of a claim.
+    pub claim_update: String,
+    /// What `complete` issues.
+    pub delete: String,
+}
+
+/// The hot-path statements of `dialect`.
+#[doc(hidden)]
+pub fn hot_statements(dialect: Dialect) -> HotStatements {
+    let s = Statements::new(dialect);
+    HotStatements {
+        insert: s.insert,
+        claim: s.claim,
+        claim_update: s.claim_update,
+        delete: s.delete,
+    }
+}
+
 /// `?` → `$1`, `$2`, ... (the statements here have no `?` inside string literals).
 fn number_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);

@@ -62,11 +62,14 @@
 //! survives a crash of any process; one claimed by a process that dies is redelivered when its
 //! lock expires.
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("courier-sql needs at least one of its features: sqlite, postgres, mysql");
+
 mod dialect;
 mod queue;
 mod store;
 
-pub use dialect::{Dialect, SCHEMA_VERSION};
+pub use dialect::{Dialect, HotStatements, SCHEMA_VERSION, hot_statements};
 pub use queue::SqlMessageQueue;
 pub use store::{SqlStore, StoreOptions};
 

@@ -179,7 +179,7 @@ impl SqlMessageQueue {
     }
 
     /// A message a cancelled receive kept, if its lock is still fresh.
-    fn from_stash(&self) -> Option<MessageEnvelope> {
+    fn take_stashed(&self) -> Option<MessageEnvelope> {
         let lock_timeout = self.base.options().lock_timeout;
         let mut stash = self.stash.lock();
         while let Some((message, claimed)) = stash.pop_front() {
@@ -358,8 +358,10 @@ impl MessageQueue for SqlMessageQueue {
             max_connections,
         } = &self.source
         {
-            let mut options = crate::StoreOptions::default();
-            options.max_connections = *max_connections;
+            let options = crate::StoreOptions {
+                max_connections: *max_connections,
+                ..Default::default()
+            };
             let store = SqlStore::connect_with(url, &options)
                 .await
                 .map_err(|e| e.with_queue(self.name()))?;
@@ -454,7 +456,7 @@ impl MessageQueue for SqlMessageQueue {
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
         let store = self.store()?;
-        if let Some(message) = self.from_stash() {
+        if let Some(message) = self.take_stashed() {
             return Ok(Some(message));
         }
         let deadline = tokio::time::Instant::now() + wait_timeout;

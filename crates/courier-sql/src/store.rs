@@ -325,6 +325,7 @@ impl SqlStore {
     /// Postgres: forwards `NOTIFY courier, '<queue>'` from other processes to local receivers.
     async fn start_listener(&self) -> Result<()> {
         #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns)] // with only the postgres feature
         if let Pool::Postgres(pool) = &self.inner.pool {
             let mut listener = sqlx::postgres::PgListener::connect_with(pool)
                 .await

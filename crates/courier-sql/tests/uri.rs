@@ -76,7 +76,7 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
     courier_sql::register();
     let (sqlite, _file) = temp_sqlite();
     for (uri, key) in [
-        (format!("{sqlite}"), "queue"),
+        (sqlite.clone(), "queue"),
         (
             format!("{sqlite}?queue=q&lock_timout=5"),
             "options.lock_timout",

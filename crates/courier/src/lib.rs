@@ -6,7 +6,10 @@ pub use courier_core::*;
 
 /// Durable queues in SQL databases (SQLite, PostgreSQL, MySQL/MariaDB).
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql")))
+)]
 pub use courier_sql as sql;
 
 /// Registers the URI schemes and descriptors of every enabled backend. [`connect`] and
