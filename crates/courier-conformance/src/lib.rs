@@ -6,9 +6,9 @@
 //! whole suite several times in parallel. Checks whose capability or feature the backend
 //! lacks verify that the operation fails with `Unsupported` instead, or return at once.
 //!
-//! ```ignore
+//! ```text
 //! // crates/courier-xyz/tests/conformance.rs
-//! courier_conformance::conformance_tests!(XyzHarness::from_env(), stress = 4);
+//! courier_conformance::conformance_tests!(XyzHarness::from_env().await, stress = 4);
 //! ```
 //!
 //! The suite holds the nine tests of the pip-services `MessageQueueFixture`, the cases of
