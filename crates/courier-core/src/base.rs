@@ -9,8 +9,8 @@ use metrics::Counter;
 use crate::listen::{ListenControl, run_listener};
 use crate::options::resolve_name;
 use crate::{
-    ConfigParams, ConnectionParams, CredentialParams, Error, MessageQueue, MessageReceiver,
-    QueueOptions, Result,
+    ConfigParams, ConnectionParams, CredentialParams, Error, MessageEnvelope, MessageQueue,
+    MessageReceiver, QueueOptions, Result,
 };
 
 /// The state and behaviour every backend shares: name, options, connection and credential
@@ -145,19 +145,42 @@ impl QueueBase {
         }
     }
 
-    /// Counts a sent message.
-    pub fn count_sent(&self) {
+    /// A message was sent: counts `queue.<name>.sent_messages` and logs "Sent message … via …"
+    /// at debug.
+    pub fn sent(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) {
         self.sent.increment(1);
+        tracing::debug!(queue = %self.name, correlation_id, "Sent message {} via {}", envelope, self.name);
     }
 
-    /// Counts a received message.
-    pub fn count_received(&self) {
+    /// A message was received: counts `queue.<name>.received_messages` and logs "Received
+    /// message … via …" at debug.
+    pub fn received(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) {
         self.received.increment(1);
+        tracing::debug!(queue = %self.name, correlation_id, "Received message {} via {}", envelope, self.name);
     }
 
-    /// Counts a dead-lettered message.
-    pub fn count_dead(&self) {
+    /// A message went to the dead-letter queue: counts `queue.<name>.dead_messages` and logs
+    /// "Moved to dead message … at …" at debug.
+    pub fn dead_lettered(&self, envelope: &MessageEnvelope) {
         self.dead.increment(1);
+        let correlation_id = envelope.correlation_id.as_deref();
+        tracing::debug!(queue = %self.name, correlation_id, "Moved to dead message {} at {}", envelope, self.name);
+    }
+
+    /// A message was completed, abandoned or had its lock renewed: logs it at trace.
+    pub fn settled(&self, action: Settled, envelope: &MessageEnvelope) {
+        let correlation_id = envelope.correlation_id.as_deref();
+        tracing::trace!(queue = %self.name, correlation_id, "{} message {} at {}", action.as_str(), envelope, self.name);
+    }
+
+    /// Messages were peeked: logs it at trace.
+    pub fn peeked(&self, correlation_id: Option<&str>, count: usize) {
+        tracing::trace!(queue = %self.name, correlation_id, "Peeked {} messages on {}", count, self.name);
+    }
+
+    /// The queue was opened, closed or cleared: logs it at trace.
+    pub fn changed(&self, correlation_id: Option<&str>, change: &str) {
+        tracing::trace!(queue = %self.name, correlation_id, "{} queue [{}]", change, self.name);
     }
 
     /// The listen loops' control.
@@ -187,6 +210,28 @@ impl QueueBase {
         let grace = self.options.drain_timeout + std::time::Duration::from_secs(1);
         if !self.listen.wait_idle(grace).await {
             tracing::warn!(queue = %self.name, "listen loops did not stop within the drain timeout");
+        }
+    }
+}
+
+/// What [`QueueBase::settled`] logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settled {
+    /// `complete`.
+    Completed,
+    /// `abandon`.
+    Abandoned,
+    /// `renew_lock`.
+    RenewedLock,
+}
+
+impl Settled {
+    fn as_str(self) -> &'static str {
+        match self {
+            Settled::Completed => "Completed",
+            Settled::Abandoned => "Abandoned",
+            Settled::RenewedLock => "Renewed lock for",
         }
     }
 }

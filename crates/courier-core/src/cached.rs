@@ -203,12 +203,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
                 return Err(e);
             }
         }
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Opened queue {}",
-            self.name()
-        );
+        self.base.changed(correlation_id, "Opened");
         Ok(())
     }
 
@@ -228,12 +223,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         let disconnected = self.broker.disconnect(correlation_id).await;
         self.cache.clear(correlation_id).await?;
         self.cache.close(correlation_id).await?;
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Closed queue [{}]",
-            self.name()
-        );
+        self.base.changed(correlation_id, "Closed");
         unsubscribed.and(disconnected)
     }
 
@@ -256,14 +246,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             .check_capability(self.capabilities().can_send(), "send")?;
         envelope.sent_time = Some(chrono::Utc::now());
         self.broker.send(correlation_id, &envelope).await?;
-        self.base.count_sent();
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Sent message {} via {}",
-            envelope,
-            self.name()
-        );
+        self.base.sent(correlation_id, &envelope);
         Ok(())
     }
 
@@ -337,7 +320,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
                 .await
                 .map_err(|e| e.with_queue(self.name()))?;
             self.cache.complete(message).await?;
-            self.base.count_dead();
+            self.base.dead_lettered(message);
         }
         Ok(())
     }

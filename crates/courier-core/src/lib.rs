@@ -38,7 +38,7 @@ mod queue;
 mod receiver;
 
 pub use async_trait::async_trait;
-pub use base::QueueBase;
+pub use base::{QueueBase, Settled};
 pub use cached::{CachedMessageQueue, MessageSink, PushBroker};
 pub use capabilities::MessagingCapabilities;
 pub use config::ConfigParams;

@@ -368,12 +368,7 @@ impl MessageQueue for SqlMessageQueue {
             *self.store.lock() = Some(store);
         }
         self.base.set_open(true);
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Opened queue {}",
-            self.name()
-        );
+        self.base.changed(correlation_id, "Opened");
         Ok(())
     }
 
@@ -394,12 +389,7 @@ impl MessageQueue for SqlMessageQueue {
                 store.close().await;
             }
         }
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Closed queue [{}]",
-            self.name()
-        );
+        self.base.changed(correlation_id, "Closed");
         Ok(())
     }
 
@@ -415,14 +405,7 @@ impl MessageQueue for SqlMessageQueue {
         let store = self.store()?;
         envelope.sent_time = Some(chrono::Utc::now());
         store.insert(self.name(), &envelope).await?;
-        self.base.count_sent();
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Sent message {} via {}",
-            envelope,
-            self.name()
-        );
+        self.base.sent(correlation_id, &envelope);
         Ok(())
     }
 
@@ -440,13 +423,7 @@ impl MessageQueue for SqlMessageQueue {
             .peek(self.name(), now_micros(), message_count)
             .await?;
         let messages: Vec<_> = rows.into_iter().filter_map(|r| r.envelope.ok()).collect();
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Peeked {} messages on {}",
-            messages.len(),
-            self.name()
-        );
+        self.base.peeked(correlation_id, messages.len());
         Ok(messages)
     }
 
@@ -466,14 +443,7 @@ impl MessageQueue for SqlMessageQueue {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             if let Some(message) = self.claim_once(&store).await? {
-                self.base.count_received();
-                tracing::debug!(
-                    queue = self.name(),
-                    correlation_id,
-                    "Received message {} via {}",
-                    message,
-                    self.name()
-                );
+                self.base.received(correlation_id, &message);
                 return Ok(Some(message));
             }
             let now = tokio::time::Instant::now();
@@ -532,7 +502,7 @@ impl MessageQueue for SqlMessageQueue {
             })
             .await?;
         if moved && to_dead {
-            self.base.count_dead();
+            self.base.dead_lettered(message);
         }
         Ok(())
     }
@@ -547,13 +517,7 @@ impl MessageQueue for SqlMessageQueue {
             })
             .await?;
         if moved {
-            self.base.count_dead();
-            tracing::debug!(
-                queue = self.name(),
-                "Moved to dead message {} at {}",
-                message,
-                self.name()
-            );
+            self.base.dead_lettered(message);
         }
         Ok(())
     }
@@ -571,14 +535,8 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
-        let removed = self.store()?.clear(self.name(), now_micros()).await?;
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            removed,
-            "Cleared queue [{}]",
-            self.name()
-        );
+        self.store()?.clear(self.name(), now_micros()).await?;
+        self.base.changed(correlation_id, "Cleared");
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::{
     ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities, QueueBase,
-    QueueOptions, Result,
+    QueueOptions, Result, Settled,
 };
 
 mod locks;
@@ -219,14 +219,7 @@ impl MemoryMessageQueue {
     fn bury(&self, dead: Vec<MessageEnvelope>) {
         let count = dead.len();
         for envelope in dead {
-            tracing::debug!(
-                queue = self.name(),
-                correlation_id = envelope.correlation_id.as_deref(),
-                "Moved to dead message {} at {}",
-                envelope,
-                self.name()
-            );
-            self.base().count_dead();
+            self.base().dead_lettered(&envelope);
             self.dead_letter_queue().push_incoming(envelope);
         }
         self.freed(count);
@@ -295,14 +288,7 @@ impl MemoryMessageQueue {
     }
 
     fn received(&self, message: MessageEnvelope, correlation_id: Option<&str>) -> MessageEnvelope {
-        self.base().count_received();
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Received message {} via {}",
-            message,
-            self.name()
-        );
+        self.base().received(correlation_id, &message);
         message
     }
 
@@ -321,7 +307,7 @@ impl MemoryMessageQueue {
                 let mut ready = self.inner.ready.lock();
                 self.base().check_open()?;
                 if ready.len() + self.inner.locks.lock().len() < max_size {
-                    self.log_sent(correlation_id, &envelope);
+                    self.base().sent(correlation_id, &envelope);
                     ready.push_back(envelope);
                     drop(ready);
                     self.signal_sent();
@@ -332,19 +318,9 @@ impl MemoryMessageQueue {
         }
     }
 
-    fn log_sent(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) {
-        tracing::debug!(
-            queue = self.name(),
-            correlation_id,
-            "Sent message {} via {}",
-            envelope,
-            self.name()
-        );
-    }
-
+    /// Signals a message that was just stored.
     fn signal_sent(&self) {
         self.inner.arrived.notify_one();
-        self.base().count_sent();
     }
 
     fn ready_len(&self) -> usize {
@@ -380,12 +356,7 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
         if !self.base().set_open(true) {
-            tracing::trace!(
-                queue = self.name(),
-                correlation_id,
-                "Opened queue [{}]",
-                self.name()
-            );
+            self.base().changed(correlation_id, "Opened");
         }
         Ok(())
     }
@@ -398,12 +369,7 @@ impl MessageQueue for MemoryMessageQueue {
         self.base().set_open(false);
         self.inner.arrived.notify_waiters();
         self.inner.room.notify_waiters();
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Closed queue [{}]",
-            self.name()
-        );
+        self.base().changed(correlation_id, "Closed");
         Ok(())
     }
 
@@ -425,7 +391,7 @@ impl MessageQueue for MemoryMessageQueue {
             return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
         self.base().check_open()?;
-        self.log_sent(correlation_id, &envelope);
+        self.base().sent(correlation_id, &envelope);
         self.inner.ready.lock().push_back(envelope);
         self.signal_sent();
         Ok(())
@@ -435,14 +401,8 @@ impl MessageQueue for MemoryMessageQueue {
         self.base().check_open()?;
         self.release_expired(Instant::now());
         let message = self.inner.ready.lock().front().cloned();
-        if let Some(m) = &message {
-            tracing::trace!(
-                queue = self.name(),
-                correlation_id,
-                "Peeked message {} on {}",
-                m,
-                self.name()
-            );
+        if message.is_some() {
+            self.base().peeked(correlation_id, 1);
         }
         Ok(message)
     }
@@ -462,13 +422,7 @@ impl MessageQueue for MemoryMessageQueue {
             .take(message_count)
             .cloned()
             .collect();
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Peeked {} messages on {}",
-            messages.len(),
-            self.name()
-        );
+        self.base().peeked(correlation_id, messages.len());
         Ok(messages)
     }
 
@@ -496,13 +450,7 @@ impl MessageQueue for MemoryMessageQueue {
             let now = Instant::now();
             self.release_expired(now);
             if self.inner.locks.lock().renew(token, now, lock_timeout) {
-                tracing::trace!(
-                    queue = self.name(),
-                    correlation_id = message.correlation_id.as_deref(),
-                    "Renewed lock for message {} at {}",
-                    message,
-                    self.name()
-                );
+                self.base().settled(Settled::RenewedLock, message);
             }
         }
         Ok(())
@@ -515,13 +463,7 @@ impl MessageQueue for MemoryMessageQueue {
             // released is as good as completing it in time (the message was not redelivered).
             let removed = self.inner.locks.lock().remove(token);
             if removed.is_some() {
-                tracing::trace!(
-                    queue = self.name(),
-                    correlation_id = message.correlation_id.as_deref(),
-                    "Completed message {} at {}",
-                    message,
-                    self.name()
-                );
+                self.base().settled(Settled::Completed, message);
                 self.freed(1);
             }
         }
@@ -541,13 +483,7 @@ impl MessageQueue for MemoryMessageQueue {
             .release(token, self.options().max_deliveries);
         match released {
             Released::Requeue(envelope) => {
-                tracing::trace!(
-                    queue = self.name(),
-                    correlation_id = message.correlation_id.as_deref(),
-                    "Abandoned message {} at {}",
-                    message,
-                    self.name()
-                );
+                self.base().settled(Settled::Abandoned, message);
                 self.requeue(std::iter::once(envelope));
             }
             Released::Dead(envelope) => self.bury(vec![envelope]),
@@ -590,12 +526,7 @@ impl MessageQueue for MemoryMessageQueue {
             n
         };
         self.freed(removed);
-        tracing::trace!(
-            queue = self.name(),
-            correlation_id,
-            "Cleared queue [{}]",
-            self.name()
-        );
+        self.base().changed(correlation_id, "Cleared");
         Ok(())
     }
 }
