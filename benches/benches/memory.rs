@@ -7,6 +7,8 @@
 //!
 //! Criterion measures each workload; then a ratio report runs the three side by side
 //! (interleaved rounds, median of each) and prints courier ÷ raw and courier ÷ omniqueue.
+//! `cargo bench -p courier-benches --bench memory -- ratio` runs only the report (the filter
+//! matches no criterion benchmark).
 
 use std::time::Duration;
 

@@ -83,6 +83,12 @@ struct Inner {
     ready: Mutex<VecDeque<MessageEnvelope>>,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
+    /// When the queue was made: the origin of `earliest_deadline`.
+    epoch: Instant,
+    /// The earliest lock deadline, in nanoseconds after `epoch` (`u64::MAX`: none), read
+    /// without the lock so that receives skip the lock table when nothing can have expired.
+    /// It may be earlier than the real one (a released lock), never later.
+    earliest_deadline: AtomicU64,
     /// Signalled when a message becomes ready (and on close).
     arrived: Notify,
     /// Signalled when a bounded queue gets room (and on close).
@@ -124,6 +130,8 @@ impl MemoryMessageQueue {
                 ready: Mutex::new(VecDeque::new()),
                 locks: Mutex::new(Locks::default()),
                 next_token: AtomicU64::new(0),
+                epoch: Instant::now(),
+                earliest_deadline: AtomicU64::new(u64::MAX),
                 arrived: Notify::new(),
                 room: Notify::new(),
                 dead_letters: OnceLock::new(),
@@ -191,16 +199,36 @@ impl MemoryMessageQueue {
     /// Releases the locks whose deadline passed: their messages go back to the ready list, or
     /// to the dead-letter queue once they reached `max_deliveries`.
     fn release_expired(&self, now: Instant) {
-        let (mut requeue, mut dead) = (Vec::new(), Vec::new());
-        {
-            let mut locks = self.inner.locks.lock();
-            if locks.next_deadline().is_none_or(|at| at > now) {
-                return;
-            }
-            locks.expire(now, self.options().max_deliveries, &mut requeue, &mut dead);
+        if self.nanos(Some(now)) < self.inner.earliest_deadline.load(Ordering::Acquire) {
+            return;
         }
+        let (mut requeue, mut dead) = (Vec::new(), Vec::new());
+        self.with_locks(|locks| {
+            if locks.next_deadline().is_some_and(|at| at <= now) {
+                locks.expire(now, self.options().max_deliveries, &mut requeue, &mut dead);
+            }
+        });
         self.requeue(requeue.into_iter());
         self.bury(dead);
+    }
+
+    /// Runs `f` on the lock table, then publishes its earliest deadline.
+    fn with_locks<T>(&self, f: impl FnOnce(&mut Locks) -> T) -> T {
+        let mut locks = self.inner.locks.lock();
+        let out = f(&mut locks);
+        let earliest = self.nanos(locks.next_deadline());
+        self.inner
+            .earliest_deadline
+            .store(earliest, Ordering::Release);
+        out
+    }
+
+    /// `at` in nanoseconds after the queue's epoch; `u64::MAX` for none.
+    fn nanos(&self, at: Option<Instant>) -> u64 {
+        at.map_or(u64::MAX, |at| {
+            u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos())
+                .unwrap_or(u64::MAX)
+        })
     }
 
     /// Puts released messages back at the tail of the ready list.
@@ -261,7 +289,7 @@ impl MemoryMessageQueue {
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         let expires = now + self.options().lock_timeout;
         let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
-        self.inner.locks.lock().insert(token, locked);
+        self.with_locks(|locks| locks.insert(token, locked));
         Ok(Ok(envelope))
     }
 
@@ -449,7 +477,7 @@ impl MessageQueue for MemoryMessageQueue {
         if let Some(token) = self.lock_of(message) {
             let now = Instant::now();
             self.release_expired(now);
-            if self.inner.locks.lock().renew(token, now, lock_timeout) {
+            if self.with_locks(|locks| locks.renew(token, now, lock_timeout)) {
                 self.base().settled(Settled::RenewedLock, message);
             }
         }
@@ -461,7 +489,7 @@ impl MessageQueue for MemoryMessageQueue {
         if let Some(token) = self.lock_of(message) {
             // No sweep first: completing a lock that expired a moment ago but was not yet
             // released is as good as completing it in time (the message was not redelivered).
-            let removed = self.inner.locks.lock().remove(token);
+            let removed = self.with_locks(|locks| locks.remove(token));
             if removed.is_some() {
                 self.base().settled(Settled::Completed, message);
                 self.freed(1);
@@ -476,11 +504,8 @@ impl MessageQueue for MemoryMessageQueue {
             return Ok(());
         };
         self.release_expired(Instant::now());
-        let released = self
-            .inner
-            .locks
-            .lock()
-            .release(token, self.options().max_deliveries);
+        let max_deliveries = self.options().max_deliveries;
+        let released = self.with_locks(|locks| locks.release(token, max_deliveries));
         match released {
             Released::Requeue(envelope) => {
                 self.base().settled(Settled::Abandoned, message);
@@ -496,7 +521,7 @@ impl MessageQueue for MemoryMessageQueue {
         self.base().check_open()?;
         if let Some(token) = self.lock_of(message) {
             self.release_expired(Instant::now());
-            let removed = self.inner.locks.lock().remove(token);
+            let removed = self.with_locks(|locks| locks.remove(token));
             if let Some(envelope) = removed {
                 self.bury(vec![envelope]);
             }
