@@ -104,10 +104,11 @@ macro_rules! __with_checks {
             receive_zero_wait_returns_ready, receive_waits_then_returns_none,
             locked_message_is_invisible, lock_expiry_redelivers, renew_lock_extends,
             max_deliveries_dead_letters, dead_letter_round_trip, complete_and_abandon_are_idempotent,
+            huge_durations_are_accepted,
             closed_queue_fails_not_opened, unsupported_operations_fail, binary_payload_round_trip,
             peek_batch_in_order, clear_removes_ready_messages,
             listen_completes_on_ok, listen_abandons_on_error_and_panic, listen_concurrency_is_bounded,
-            end_listen_drains_without_loss, close_drains_in_flight_handler,
+            end_listen_drains_without_loss, end_listen_before_the_loop_starts, close_drains_in_flight_handler,
             clear_does_not_restart_listener, receive_is_cancel_safe
         }
     };

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use metrics::Counter;
 
@@ -207,11 +208,22 @@ impl QueueBase {
     /// second): the first half of every `close`.
     pub async fn stop_listeners(&self) {
         self.listen.end_listen();
-        let grace = self.options.drain_timeout + std::time::Duration::from_secs(1);
+        let grace = self
+            .options
+            .drain_timeout
+            .saturating_add(Duration::from_secs(1));
         if !self.listen.wait_idle(grace).await {
             tracing::warn!(queue = %self.name, "listen loops did not stop within the drain timeout");
         }
     }
+}
+
+/// `now + after`, or a point decades away when that does not fit (`Duration::MAX` as "wait
+/// forever"): for deadlines computed from caller-supplied durations, which must never panic.
+pub fn deadline_after(now: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    now.checked_add(after)
+        .or_else(|| now.checked_add(Duration::from_secs(60 * 60 * 24 * 365 * 30)))
+        .unwrap_or(now)
 }
 
 /// What [`QueueBase::settled`] logs.

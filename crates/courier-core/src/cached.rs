@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    Error, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
+    Error, ListenControl, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
     MessagingCapabilities, QueueBase, Result,
 };
 
@@ -336,6 +336,10 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
         self.base.listen_control().end_listen();
+    }
+
+    fn listen_control(&self) -> Option<&ListenControl> {
+        Some(self.base.listen_control())
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {

@@ -38,7 +38,7 @@ mod queue;
 mod receiver;
 
 pub use async_trait::async_trait;
-pub use base::{QueueBase, Settled};
+pub use base::{QueueBase, Settled, deadline_after};
 pub use cached::{CachedMessageQueue, MessageSink, PushBroker};
 pub use capabilities::MessagingCapabilities;
 pub use config::ConfigParams;
@@ -52,7 +52,7 @@ pub use factory::{
     MessageQueueFactory, QueueProvider, connect, create_from_uri, named_config, register_scheme,
     registered_schemes,
 };
-pub use listen::ListenControl;
+pub use listen::{ListenControl, ListenTicket};
 pub use lock::{LockToken, LockedMessage};
 pub use memory::MemoryMessageQueue;
 pub use options::{OPTION_KEYS, QueueOptions, resolve_name};

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::StreamExt as _;
+use futures::future::OptionFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 
@@ -62,13 +63,45 @@ impl ListenControl {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    fn enter(&self) -> ListenGuard<'_> {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ListenGuard {
-            control: self,
+    /// What a loop started later must remember: this control and its epoch now. `begin_listen`
+    /// takes one before it spawns, so that an `end_listen` before the task first runs stops it.
+    pub fn ticket(&self) -> ListenTicket {
+        ListenTicket {
+            control: std::ptr::from_ref(self) as usize,
             epoch: self.epoch.load(Ordering::Acquire),
         }
     }
+
+    fn enter(&self) -> ListenGuard<'_> {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let me = std::ptr::from_ref(self) as usize;
+        let ticketed = TICKET
+            .try_with(|t| (t.control == me).then_some(t.epoch))
+            .ok()
+            .flatten();
+        ListenGuard {
+            control: self,
+            epoch: ticketed.unwrap_or_else(|| self.epoch.load(Ordering::Acquire)),
+        }
+    }
+}
+
+/// A listen loop's start, taken before its task runs (see [`ListenControl::ticket`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ListenTicket {
+    control: usize,
+    epoch: u64,
+}
+
+impl ListenTicket {
+    /// Runs `future` (a `listen` call) as a loop that started when the ticket was taken.
+    pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
+        TICKET.scope(self, future).await
+    }
+}
+
+tokio::task_local! {
+    static TICKET: ListenTicket;
 }
 
 struct ListenGuard<'a> {
@@ -122,6 +155,10 @@ pub async fn run_listener(
     control: &ListenControl,
 ) -> Result<()> {
     let guard = control.enter();
+    if guard.is_stopped() {
+        // Stopped between `begin_listen` and the first run of its task.
+        return Ok(());
+    }
     if !queue.is_open() {
         return Err(crate::Error::not_opened(queue.name()));
     }
@@ -136,14 +173,22 @@ pub async fn run_listener(
     // Messages taken and not yet handled to the end, by sequence number.
     let mut taken: BTreeMap<u64, MessageEnvelope> = BTreeMap::new();
     let mut seq = 0u64;
+    // The receive in progress survives handlers finishing: it is only dropped on stop (receive
+    // is cancel safe), so no backend sees a stream of cancelled receives.
+    let interval = options.listen_interval.max(Duration::from_millis(1));
+    let mut receiving = None;
     while !guard.is_stopped() {
+        if receiving.is_none() && in_flight.len() < concurrency {
+            receiving = Some(queue.receive(correlation_id, interval));
+        }
         tokio::select! {
             biased;
             () = guard.stopped() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 taken.remove(&done);
             }
-            received = queue.receive(correlation_id, options.listen_interval), if in_flight.len() < concurrency => {
+            Some(received) = OptionFuture::from(receiving.as_mut()), if receiving.is_some() => {
+                receiving = None;
                 match received {
                     Ok(Some(envelope)) => {
                         seq += 1;
@@ -154,7 +199,7 @@ pub async fn run_listener(
                     Err(e) if e.kind() == ErrorKind::NotOpened => break,
                     Err(e) => {
                         tracing::error!(queue = queue.name(), correlation_id, error = %e, "Failed to receive the message");
-                        let pause = options.listen_interval.min(Duration::from_secs(1));
+                        let pause = interval.clamp(Duration::from_millis(10), Duration::from_secs(1));
                         tokio::select! {
                             () = guard.stopped() => break,
                             () = tokio::time::sleep(pause) => {}
@@ -164,6 +209,7 @@ pub async fn run_listener(
             }
         }
     }
+    drop(receiving);
     let drained = tokio::time::timeout(options.drain_timeout, async {
         while let Some(done) = in_flight.next().await {
             taken.remove(&done);

@@ -74,11 +74,11 @@ impl QueueOptions {
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key whose value does not parse
-    /// or is zero where zero makes no sense (`lock_timeout`, `max_deliveries`,
+    /// or is zero where zero makes no sense (`lock_timeout`, `listen_interval`, `max_deliveries`,
     /// `listen_concurrency`, `max_size`).
     pub fn from_config(config: &ConfigParams) -> Result<Self> {
         let mut o = QueueOptions::default();
-        if let Some(v) = config.get_as_duration_ms("listen_interval")? {
+        if let Some(v) = positive(config, "listen_interval", |c, k| c.get_as_duration_ms(k))? {
             o.listen_interval = v;
         }
         if let Some(v) = positive(config, "options.lock_timeout", |c, k| {
@@ -98,7 +98,9 @@ impl QueueOptions {
             }
             o.dead_letter_queue = Some(v.to_owned());
         }
-        if let Some(v) = config.get_as_duration_ms("options.listen_interval")? {
+        if let Some(v) = positive(config, "options.listen_interval", |c, k| {
+            c.get_as_duration_ms(k)
+        })? {
             o.listen_interval = v;
         }
         if let Some(v) = positive(config, "options.listen_concurrency", |c, k| {
@@ -196,6 +198,7 @@ mod tests {
             ("options.listen_concurrency", "0"),
             ("options.max_size", "-1"),
             ("options.drain_timeout", "1s"),
+            ("options.listen_interval", "0"),
             ("options.dead_letter_queue", ""),
         ] {
             let err =

@@ -9,7 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{Error, ErrorKind, MessageEnvelope, MessageReceiver, MessagingCapabilities, Result};
+use crate::{
+    Error, ErrorKind, ListenControl, MessageEnvelope, MessageReceiver, MessagingCapabilities,
+    Result,
+};
 
 /// A message queue with the whole pip-services surface.
 ///
@@ -245,6 +248,13 @@ pub trait MessageQueue: Send + Sync {
     /// `listen` starts afresh; `clear` never restarts a stopped loop.
     fn end_listen(&self, correlation_id: Option<&str>);
 
+    /// The control of this queue's listen loops, if it has one. Backends that embed a
+    /// [`QueueBase`](crate::QueueBase) return `Some(base.listen_control())`, so that
+    /// [`begin_listen`](MessageQueueExt::begin_listen) can be stopped before its task runs.
+    fn listen_control(&self) -> Option<&ListenControl> {
+        None
+    }
+
     /// Removes every ready message. Locked messages are not touched (their holders may still
     /// complete them).
     ///
@@ -298,6 +308,7 @@ macro_rules! forward_message_queue {
             fn listen<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, r: Arc<dyn MessageReceiver>) -> QueueFuture<'f, ()>
             where 's: 'f, 'c: 'f, Self: 'f { (**self).listen(cid, r) }
             fn end_listen(&self, cid: Option<&str>) { (**self).end_listen(cid) }
+            fn listen_control(&self) -> Option<&ListenControl> { (**self).listen_control() }
             fn clear<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, ()>
             where 's: 'f, 'c: 'f, Self: 'f { (**self).clear(cid) }
         }
@@ -335,9 +346,8 @@ pub trait MessageQueueExt: MessageQueue {
     /// with [`end_listen`](MessageQueue::end_listen) or `close`, then
     /// [`join`](ListenHandle::join) the handle to wait for the drain.
     ///
-    /// The loop starts when the spawned task first runs: a queue closed before that makes
-    /// [`join`](ListenHandle::join) return [`ErrorKind::NotOpened`], and the messages stay
-    /// queued.
+    /// An `end_listen` or `close` that comes before the spawned task first runs stops the loop
+    /// all the same (it then ends at once, taking nothing).
     ///
     /// # Panics
     ///
@@ -350,12 +360,18 @@ pub trait MessageQueueExt: MessageQueue {
     where
         Self: Clone + Sized + 'static,
     {
+        let ticket = self.listen_control().map(ListenControl::ticket);
         let queue = self.clone();
         let correlation_id = correlation_id.map(str::to_owned);
+        let task = async move {
+            let listen = queue.listen(correlation_id.as_deref(), receiver);
+            match ticket {
+                Some(ticket) => ticket.scope(listen).await,
+                None => listen.await,
+            }
+        };
         ListenHandle {
-            task: tokio::spawn(
-                async move { queue.listen(correlation_id.as_deref(), receiver).await },
-            ),
+            task: tokio::spawn(task),
         }
     }
 }

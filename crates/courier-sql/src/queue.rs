@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use courier_core::{
-    ConfigParams, Error, LockToken, MessageEnvelope, MessageQueue, MessageReceiver,
-    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, check_known_options,
+    ConfigParams, Error, ListenControl, LockToken, MessageEnvelope, MessageQueue, MessageReceiver,
+    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, check_known_options, deadline_after,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -436,7 +436,7 @@ impl MessageQueue for SqlMessageQueue {
         if let Some(message) = self.take_stashed() {
             return Ok(Some(message));
         }
-        let deadline = tokio::time::Instant::now() + wait_timeout;
+        let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         let notify = store.notifier(self.name());
         loop {
             let arrived = notify.notified();
@@ -450,7 +450,7 @@ impl MessageQueue for SqlMessageQueue {
             if now >= deadline {
                 return Ok(None);
             }
-            let wake = deadline.min(now + self.poll_interval);
+            let wake = deadline.min(deadline_after(now, self.poll_interval));
             tokio::select! {
                 () = &mut arrived => {}
                 () = tokio::time::sleep_until(wake) => {}
@@ -532,6 +532,10 @@ impl MessageQueue for SqlMessageQueue {
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
         self.base.listen_control().end_listen();
+    }
+
+    fn listen_control(&self) -> Option<&ListenControl> {
+        Some(self.base.listen_control())
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {

@@ -357,3 +357,23 @@ pub async fn clear_removes_ready_messages<H: Harness>(h: &H) {
     }
     assert!(q.receive(None, SHORT).await.expect("receive").is_none());
 }
+
+/// `Duration::MAX` ("wait forever") is taken as a wait and as a lock time, never a panic.
+pub async fn huge_durations_are_accepted<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let sender = q.queue.clone();
+    let send = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sender.send(None, fixture_envelope()).await
+    });
+    let m = tokio::time::timeout(WAIT, q.receive(None, Duration::MAX))
+        .await
+        .expect("a message arrived")
+        .expect("receive")
+        .expect("a message");
+    send.await.expect("sender").expect("send");
+    if q.capabilities().can_renew_lock() {
+        q.renew_lock(&m, Duration::MAX).await.expect("renew_lock");
+    }
+    q.complete(&m).await.expect("complete");
+}

@@ -239,3 +239,19 @@ pub async fn clear_does_not_restart_listener<H: Harness>(h: &H) {
     );
     assert_eq!(q.must_receive().await.message_id, ids[0]);
 }
+
+/// `end_listen` right after `begin_listen`, before the loop's task may have run, stops it:
+/// `join` returns and the message sent meanwhile stays queued.
+pub async fn end_listen_before_the_loop_starts<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let receiver = Arc::new(TestMessageReceiver::new());
+    let handle = q.queue.begin_listen(None, receiver.clone());
+    q.end_listen(None);
+    let ids = send_numbered(&q, 1).await;
+    tokio::time::timeout(WAIT, handle.join())
+        .await
+        .expect("a loop stopped before it started still ran")
+        .expect("listen");
+    assert_eq!(receiver.message_count(), 0);
+    assert_eq!(q.must_receive().await.message_id, ids[0]);
+}

@@ -135,7 +135,7 @@ impl Locks {
         let Some(locked) = self.locked.get_mut(&token) else {
             return false;
         };
-        let expires = now + lock_timeout;
+        let expires = crate::deadline_after(now, lock_timeout);
         locked.expiration_time = expires.into_std();
         self.deadlines.push(Reverse((expires, token)));
         true

@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{
-    ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities, QueueBase,
-    QueueOptions, Result, Settled,
+    ConfigParams, ListenControl, MessageEnvelope, MessageQueue, MessageReceiver,
+    MessagingCapabilities, QueueBase, QueueOptions, Result, Settled, deadline_after,
 };
 
 mod locks;
@@ -287,7 +287,7 @@ impl MemoryMessageQueue {
         };
         // The clone and the lock token are made outside both mutexes.
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
-        let expires = now + self.options().lock_timeout;
+        let expires = deadline_after(now, self.options().lock_timeout);
         let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
         self.with_locks(|locks| locks.insert(token, locked));
         Ok(Ok(envelope))
@@ -467,7 +467,7 @@ impl MessageQueue for MemoryMessageQueue {
             return Ok(None);
         }
         // The waiting path is boxed so that the common, ready case stays a small future.
-        Box::pin(self.wait_and_take(start + wait_timeout))
+        Box::pin(self.wait_and_take(deadline_after(start, wait_timeout)))
             .await
             .map(|taken| taken.map(|m| self.received(m, correlation_id)))
     }
@@ -539,6 +539,10 @@ impl MessageQueue for MemoryMessageQueue {
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
         self.base().listen_control().end_listen();
+    }
+
+    fn listen_control(&self) -> Option<&ListenControl> {
+        Some(self.base().listen_control())
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
