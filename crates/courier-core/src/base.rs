@@ -79,7 +79,14 @@ impl QueueBase {
         if name.is_empty() {
             return Err(Error::config("name", "must not be empty"));
         }
-        let mut base = QueueBase::new(backend, &name, QueueOptions::from_config(config)?);
+        let options = QueueOptions::from_config(config)?;
+        if options.dead_letter_queue.as_deref() == Some(name.as_str()) {
+            return Err(Error::config(
+                "options.dead_letter_queue",
+                "must differ from the queue's own name",
+            ));
+        }
+        let mut base = QueueBase::new(backend, &name, options);
         base.connection = ConnectionParams::from_config(config)?;
         base.credential = CredentialParams::from_config(config);
         Ok(base)
@@ -282,5 +289,11 @@ mod tests {
         );
         let err = QueueBase::from_config("test", &ConfigParams::new(), None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
+        let own = ConfigParams::from_string("name=q;options.dead_letter_queue=q").unwrap();
+        let err = QueueBase::from_config("test", &own, None).unwrap_err();
+        assert!(
+            err.to_string().contains("options.dead_letter_queue"),
+            "{err}"
+        );
     }
 }

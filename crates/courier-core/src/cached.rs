@@ -134,7 +134,11 @@ pub struct CachedMessageQueue<B> {
 impl<B: PushBroker> CachedMessageQueue<B> {
     /// A closed queue over `broker`; `base` gives the name and options.
     pub fn new(base: QueueBase, broker: B) -> Self {
-        let cache = MemoryMessageQueue::with_options(base.name(), base.options().clone());
+        // The cache redelivers without limit: this queue applies `max_deliveries` itself, so
+        // that spent messages reach the broker's dead letters, not a cache nobody can read.
+        let mut options = base.options().clone();
+        options.max_deliveries = None;
+        let cache = MemoryMessageQueue::with_options(base.name(), options);
         CachedMessageQueue {
             base,
             cache,
@@ -151,6 +155,35 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     /// The shared queue state.
     pub fn base(&self) -> &QueueBase {
         &self.base
+    }
+
+    /// Where spent messages go when the broker has no dead letters of its own: an in-process
+    /// queue, `<name>.dlq` (its content dies with the process).
+    pub fn local_dead_letters(&self) -> MemoryMessageQueue {
+        self.cache.dead_letter_queue()
+    }
+
+    /// Dead-letters a message the cache holds: to the broker's dead letters if it has them,
+    /// else to [`local_dead_letters`](Self::local_dead_letters).
+    async fn bury(&self, message: &MessageEnvelope) -> Result<()> {
+        if self.capabilities().can_dead_letter() {
+            self.broker
+                .move_to_dead_letter(message)
+                .await
+                .map_err(|e| e.with_queue(self.name()))?;
+            self.cache.complete(message).await?;
+        } else {
+            self.cache.move_to_dead_letter(message).await?;
+        }
+        self.base.dead_lettered(message);
+        Ok(())
+    }
+
+    fn spent(&self, message: &MessageEnvelope) -> bool {
+        self.base
+            .options()
+            .max_deliveries
+            .is_some_and(|max| message.delivery_count() >= max)
     }
 
     async fn ready(&self, correlation_id: Option<&str>) -> Result<()> {
@@ -276,11 +309,29 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
         self.ready(correlation_id).await?;
-        let message = self.cache.receive(correlation_id, wait_timeout).await;
-        if matches!(&message, Err(e) if e.kind() == crate::ErrorKind::NotOpened) {
-            return Err(Error::not_opened(self.name()).with_backend(self.base.backend()));
+        let deadline = crate::deadline_after(tokio::time::Instant::now(), wait_timeout);
+        loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = match self.cache.receive(correlation_id, wait).await {
+                Err(e) if e.kind() == crate::ErrorKind::NotOpened => {
+                    return Err(Error::not_opened(self.name()).with_backend(self.base.backend()));
+                }
+                other => other?,
+            };
+            match message {
+                // Its lock expired after its last allowed delivery.
+                Some(m)
+                    if self
+                        .base
+                        .options()
+                        .max_deliveries
+                        .is_some_and(|max| m.delivery_count() > max) =>
+                {
+                    self.bury(&m).await?;
+                }
+                other => return Ok(other),
+            }
         }
-        message
     }
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
@@ -304,6 +355,9 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_abandon(), "abandon")?;
         if self.cache.holds_lock(message) {
+            if self.spent(message) {
+                return self.bury(message).await;
+            }
             self.broker.abandon(message).await?;
             self.cache.abandon(message).await?;
         }
@@ -315,12 +369,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_dead_letter(), "move_to_dead_letter")?;
         if self.cache.holds_lock(message) {
-            self.broker
-                .move_to_dead_letter(message)
-                .await
-                .map_err(|e| e.with_queue(self.name()))?;
-            self.cache.complete(message).await?;
-            self.base.dead_lettered(message);
+            self.bury(message).await?;
         }
         Ok(())
     }

@@ -93,8 +93,6 @@ impl Harness for LoopbackHarness {
         let mut f = Features::all();
         f.stores_unreceived = false;
         f.survives_reopen = false;
-        // max_deliveries dead letters go to the cache's local dead-letter queue, not the broker's.
-        f.max_deliveries = false;
         f
     }
 

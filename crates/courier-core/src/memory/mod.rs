@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ struct Inner {
     ready: Mutex<VecDeque<MessageEnvelope>>,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
+    /// Bounded queues: messages taken from `ready` and not yet in `locks`.
+    in_transit: AtomicUsize,
     /// When the queue was made: the origin of `earliest_deadline`.
     epoch: Instant,
     /// The earliest lock deadline, in nanoseconds after `epoch` (`u64::MAX`: none), read
@@ -130,6 +132,7 @@ impl MemoryMessageQueue {
                 ready: Mutex::new(VecDeque::new()),
                 locks: Mutex::new(Locks::default()),
                 next_token: AtomicU64::new(0),
+                in_transit: AtomicUsize::new(0),
                 epoch: Instant::now(),
                 earliest_deadline: AtomicU64::new(u64::MAX),
                 arrived: Notify::new(),
@@ -168,7 +171,12 @@ impl MemoryMessageQueue {
         self.inner
             .dead_letters
             .get_or_init(|| {
-                let name = self.options().dead_letter_queue_name(self.name());
+                let mut name = self.options().dead_letter_queue_name(self.name());
+                if name == self.name() {
+                    // A queue cannot be its own dead-letter queue (QueueBase::from_config
+                    // refuses it; this covers with_options).
+                    name = format!("{}.dlq", self.name());
+                }
                 let dlq = if self.inner.shared {
                     let config = ConfigParams::from_tuples([("name", name.as_str())]);
                     Self::shared(&name, &config).unwrap_or_else(|_| Self::new(&name))
@@ -282,7 +290,18 @@ impl MemoryMessageQueue {
     ) -> Result<std::result::Result<MessageEnvelope, Option<Instant>>> {
         self.base().check_open()?;
         self.release_expired(now);
-        let Some(envelope) = self.inner.ready.lock().pop_front() else {
+        let bounded = self.options().max_size.is_some();
+        let popped = {
+            let mut ready = self.inner.ready.lock();
+            let popped = ready.pop_front();
+            if bounded && popped.is_some() {
+                // Counted until it is in the lock table, so that a bounded send never sees room
+                // that is not there.
+                self.inner.in_transit.fetch_add(1, Ordering::AcqRel);
+            }
+            popped
+        };
+        let Some(envelope) = popped else {
             return Ok(Err(self.inner.locks.lock().next_deadline()));
         };
         // The clone and the lock token are made outside both mutexes.
@@ -290,6 +309,9 @@ impl MemoryMessageQueue {
         let expires = deadline_after(now, self.options().lock_timeout);
         let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
         self.with_locks(|locks| locks.insert(token, locked));
+        if bounded {
+            self.inner.in_transit.fetch_sub(1, Ordering::AcqRel);
+        }
         Ok(Ok(envelope))
     }
 
@@ -334,7 +356,8 @@ impl MemoryMessageQueue {
             {
                 let mut ready = self.inner.ready.lock();
                 self.base().check_open()?;
-                if ready.len() + self.inner.locks.lock().len() < max_size {
+                let in_transit = self.inner.in_transit.load(Ordering::Acquire);
+                if ready.len() + in_transit + self.inner.locks.lock().len() < max_size {
                     self.base().sent(correlation_id, &envelope);
                     ready.push_back(envelope);
                     drop(ready);
