@@ -201,6 +201,10 @@ impl QueueBase {
     /// # Errors
     ///
     /// As [`MessageQueue::listen`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`MessageQueue::listen`].
     pub async fn listen(
         &self,
         queue: &dyn MessageQueue,
@@ -213,6 +217,10 @@ impl QueueBase {
 
     /// Stops the listen loops and waits for them to drain (up to the drain timeout and a
     /// second): the first half of every `close`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the loops are stopped at once; dropping the future only stops waiting.
     pub async fn stop_listeners(&self) {
         self.listen.end_listen();
         let grace = self

@@ -29,6 +29,11 @@ pub trait PushBroker: Send + Sync + 'static {
     ///
     /// [`ErrorKind::Connection`](crate::ErrorKind::Connection) or
     /// [`ErrorKind::Config`](crate::ErrorKind::Config); the queue then stays closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn connect(&self, correlation_id: Option<&str>) -> Result<()>;
 
     /// Disconnects from the broker.
@@ -36,6 +41,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error; the queue is closed anyway.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn disconnect(&self, correlation_id: Option<&str>) -> Result<()>;
 
     /// Starts pushing the queue's messages into `sink`. Called once per subscription: on
@@ -44,6 +54,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error; the next operation tries again.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn subscribe(&self, correlation_id: Option<&str>, sink: MessageSink) -> Result<()>;
 
     /// Stops pushing messages.
@@ -51,6 +66,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn unsubscribe(&self, correlation_id: Option<&str>) -> Result<()>;
 
     /// Publishes `envelope` (its `sent_time` is already stamped).
@@ -58,6 +78,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error; the message was not sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn send(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()>;
 
     /// Acknowledges a message the cache delivered and its holder completed. Default: nothing to do.
@@ -65,6 +90,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error; the message stays locked in the cache.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn complete(&self, _message: &MessageEnvelope) -> Result<()> {
         Ok(())
     }
@@ -74,6 +104,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// A backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn abandon(&self, _message: &MessageEnvelope) -> Result<()> {
         Ok(())
     }
@@ -83,6 +118,11 @@ pub trait PushBroker: Send + Sync + 'static {
     /// # Errors
     ///
     /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) or a backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue calls it and may drop the future; implementations must leave the broker
+    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
     async fn move_to_dead_letter(&self, _message: &MessageEnvelope) -> Result<()> {
         Err(Error::unsupported("", "move_to_dead_letter"))
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::{Error, Result};
 
 /// Key fragments whose values are secrets: they are shown as `***` by `Debug` and `Display`.
-const SECRET_KEYS: [&str; 3] = ["password", "access_key", "secret"];
+const SECRET_KEYS: [&str; 6] = ["password", "passwd", "pwd", "access_key", "secret", "token"];
 
 /// pip-services configuration parameters: string keys, dotted into sections
 /// (`connection.host`, `options.lock_timeout`), string values read through typed getters.
@@ -25,8 +25,8 @@ const SECRET_KEYS: [&str; 3] = ["password", "access_key", "secret"];
 /// ```
 ///
 /// Typed getters fail with [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key when
-/// a value does not parse. Values of keys that hold secrets (`password`, `access_key`, `secret`)
-/// are redacted by `Debug` and `Display`.
+/// a value does not parse. Values of keys that hold secrets (`password`, `passwd`, `pwd`,
+/// `access_key`, `secret`, `token`) are redacted by `Debug` and `Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConfigParams {
     values: BTreeMap<String, String>,

@@ -109,7 +109,10 @@ impl fmt::Debug for CredentialParams {
 }
 
 /// `uri` with its password, and any query parameter that holds a secret, replaced by `***`.
-/// Text that is not a URI is returned with everything after a `:` in a `user:pass@` part hidden.
+///
+/// Works on the text, so it also hides what a URI parser would not take apart (a password
+/// with a `/` in it, a bad port, a missing `//`): whatever stands between the first `:` of the
+/// user-info part and its `@` is hidden.
 ///
 /// ```
 /// assert_eq!(
@@ -118,38 +121,42 @@ impl fmt::Debug for CredentialParams {
 /// );
 /// ```
 pub fn redact_uri(uri: &str) -> String {
-    match Url::parse(uri) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
+    let (head, query) = match uri.find(['?', '#']) {
+        Some(i) => uri.split_at(i),
+        None => (uri, ""),
+    };
+    let start = head.find("://").map_or(0, |i| i + 3);
+    let mut out = String::with_capacity(uri.len());
+    match head[start..].rfind('@').map(|at| start + at) {
+        Some(at) => match head[start..at].find(':').map(|c| start + c) {
+            Some(colon) => {
+                out.push_str(&head[..=colon]);
+                out.push_str("***");
+                out.push_str(&head[at..]);
             }
-            if url.query_pairs().any(|(k, _)| is_secret(&k)) {
-                let pairs: Vec<(String, String)> = url
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if is_secret(&k) {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                url.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            url.to_string()
-        }
-        Err(_) => match (uri.find("://"), uri.rfind('@')) {
-            (Some(start), Some(at)) if at > start => {
-                let userinfo = &uri[start + 3..at];
-                match userinfo.find(':') {
-                    Some(colon) => format!("{}:***{}", &uri[..start + 3 + colon], &uri[at..]),
-                    None => uri.to_owned(),
-                }
-            }
-            _ => uri.to_owned(),
+            None => out.push_str(head),
         },
+        None => out.push_str(head),
     }
+    if let Some(rest) = query.strip_prefix('?') {
+        out.push('?');
+        let (params, fragment) = match rest.find('#') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let masked: Vec<String> = params
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if is_secret(k) => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&masked.join("&"));
+        out.push_str(fragment);
+    } else {
+        out.push_str(query);
+    }
+    out
 }
 
 /// Turns a queue URI into [`ConfigParams`]:
@@ -279,6 +286,20 @@ mod tests {
             "postgres://u@h/db?password=***&sslmode=disable"
         );
         assert_eq!(redact_uri("no-uri://a:b@c d"), "no-uri://a:***@c d");
+        assert_eq!(redact_uri("redis://u:12/34@h"), "redis://u:***@h");
+        assert_eq!(redact_uri("postgres//u:pw@h"), "postgres//u:***@h");
+        assert_eq!(
+            redact_uri("postgres://u@h:99999/db?token=x#f"),
+            "postgres://u@h:99999/db?token=***#f"
+        );
+        assert_eq!(
+            redact_uri("memory://q/a@b?queue=q"),
+            "memory://q/a@b?queue=q"
+        );
+        assert_eq!(
+            redact_uri("sqlite::memory:?queue=q"),
+            "sqlite::memory:?queue=q"
+        );
         let creds = CredentialParams::new(Some("u".into()), Some("pw".into()));
         assert!(!format!("{creds:?}").contains("pw\""));
         assert_eq!(creds.password(), Some("pw"));

@@ -48,6 +48,10 @@ impl ListenControl {
     }
 
     /// Waits until no loop runs, at most `timeout`. Returns whether they all ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (it only waits).
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
         let wait = async {
             loop {
@@ -95,6 +99,10 @@ pub struct ListenTicket {
 
 impl ListenTicket {
     /// Runs `future` (a `listen` call) as a loop that started when the ticket was taken.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `future`.
     pub async fn scope<F: std::future::Future>(self, future: F) -> F::Output {
         TICKET.scope(self, future).await
     }

@@ -44,7 +44,8 @@ pub(crate) struct Statements {
     pub(crate) release: String,
     /// Binds: locked_until, id, lock_token, queue, now.
     pub(crate) renew: String,
-    /// Moves a row to another queue, ready and undelivered. Binds: new queue, id, lock_token.
+    /// Moves a row to another queue, ready and undelivered. Binds: new queue, id, lock_token,
+    /// queue.
     pub(crate) move_locked: String,
     /// Binds: queue, now.
     pub(crate) count: String,
@@ -56,11 +57,13 @@ pub(crate) struct Statements {
 
 impl Statements {
     pub(crate) fn new(dialect: Dialect) -> Self {
-        let (id, bigint, int, text, blob) = match dialect {
+        // `key` is the indexed queue name (MySQL cannot index TEXT without a prefix length).
+        let (id, bigint, int, key, text, blob) = match dialect {
             Dialect::Sqlite => (
                 "INTEGER PRIMARY KEY AUTOINCREMENT",
                 "INTEGER",
                 "INTEGER",
+                "TEXT",
                 "TEXT",
                 "BLOB",
             ),
@@ -69,6 +72,7 @@ impl Statements {
                 "BIGINT",
                 "INTEGER",
                 "TEXT",
+                "TEXT",
                 "BYTEA",
             ),
             Dialect::MySql => (
@@ -76,6 +80,7 @@ impl Statements {
                 "BIGINT",
                 "INT",
                 "VARCHAR(255)",
+                "TEXT",
                 "LONGBLOB",
             ),
         };
@@ -87,7 +92,7 @@ impl Statements {
         let mut schema = vec![format!(
             "CREATE TABLE IF NOT EXISTS courier_messages (
   id {id},
-  queue {text} NOT NULL,
+  queue {key} NOT NULL,
   message_id {text} NOT NULL,
   correlation_id {text},
   message_type {text} NOT NULL,
@@ -146,7 +151,7 @@ impl Statements {
                     WHERE id = ? AND lock_token = ? AND queue = ? AND locked_until > ?"
                 .into(),
             move_locked: "UPDATE courier_messages SET queue = ?, locked_until = 0, lock_token = NULL, deliveries = 0 \
-                          WHERE id = ? AND lock_token = ?"
+                          WHERE id = ? AND lock_token = ? AND queue = ?"
                 .into(),
             count: format!("SELECT COUNT(*) FROM courier_messages WHERE {ready}"),
             peek: format!("SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT ?"),

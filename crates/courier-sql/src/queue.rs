@@ -3,12 +3,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_core::{
     ConfigParams, Error, ListenControl, LockToken, MessageEnvelope, MessageQueue, MessageReceiver,
-    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, check_known_options, deadline_after,
+    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, deadline_after,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -25,6 +25,8 @@ const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
 struct SqlLock {
     id: i64,
     token: i64,
+    /// The lock's deadline as claimed, in microseconds since the Unix epoch.
+    until: i64,
 }
 
 /// Where a queue gets its store: a shared one, or its own made from a URL on `open`.
@@ -62,7 +64,7 @@ pub struct SqlMessageQueue {
     dead_letter_queue: String,
     poll_interval: Duration,
     /// Messages claimed by `receive` calls that were cancelled, with when they were claimed.
-    stash: Arc<Mutex<VecDeque<(MessageEnvelope, Instant)>>>,
+    stash: Arc<Mutex<VecDeque<MessageEnvelope>>>,
 }
 
 impl SqlMessageQueue {
@@ -127,12 +129,10 @@ impl SqlMessageQueue {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) for an unknown option or a
-    /// missing `queue` parameter.
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) for an invalid option or a
+    /// missing `queue` parameter. Parameters that are not courier's go to the database driver
+    /// (`sslmode=require`), which validates them when the queue opens.
     pub fn from_uri_config(config: &ConfigParams) -> Result<Self> {
-        let mut known: Vec<&str> = OPTION_KEYS.to_vec();
-        known.extend(SQL_OPTION_KEYS);
-        check_known_options(config, &known)?;
         if config.get("queue").or_else(|| config.get("name")).is_none() {
             return Err(
                 Error::config("queue", "the URI needs a `queue=NAME` parameter")
@@ -180,10 +180,13 @@ impl SqlMessageQueue {
 
     /// A message a cancelled receive kept, if its lock is still fresh.
     fn take_stashed(&self) -> Option<MessageEnvelope> {
-        let lock_timeout = self.base.options().lock_timeout;
+        // Only while its lock has a good while to go: one about to expire may be claimed by
+        // someone else any moment, and the database redelivers it anyway.
+        let margin = micros(self.base.options().lock_timeout / 10).min(1_000_000);
+        let now = now_micros();
         let mut stash = self.stash.lock();
-        while let Some((message, claimed)) = stash.pop_front() {
-            if claimed.elapsed() < lock_timeout {
+        while let Some(message) = stash.pop_front() {
+            if Self::lock_of(&message).is_some_and(|lock| lock.until.saturating_sub(now) > margin) {
                 return Some(message);
             }
         }
@@ -210,7 +213,7 @@ impl SqlMessageQueue {
                 )
                 .await;
                 if let Err(Ok(Some(message))) = tx.send(result) {
-                    stash.lock().push_back((message, Instant::now()));
+                    stash.lock().push_back(message);
                 }
             }
         };
@@ -235,7 +238,7 @@ impl SqlMessageQueue {
 struct StashOnDrop<'a> {
     rx: oneshot::Receiver<Result<Option<MessageEnvelope>>>,
     done: bool,
-    stash: &'a Mutex<VecDeque<(MessageEnvelope, Instant)>>,
+    stash: &'a Mutex<VecDeque<MessageEnvelope>>,
 }
 
 impl Drop for StashOnDrop<'_> {
@@ -244,7 +247,7 @@ impl Drop for StashOnDrop<'_> {
             // Closed first: from here on the claim task keeps what it gets itself.
             self.rx.close();
             if let Ok(Ok(Some(message))) = self.rx.try_recv() {
-                self.stash.lock().push_back((message, Instant::now()));
+                self.stash.lock().push_back(message);
             }
         }
     }
@@ -277,18 +280,22 @@ async fn claim(
             Ok(envelope) if max_deliveries.is_none_or(|max| deliveries <= max) => envelope,
             Ok(_) => {
                 // Its lock expired after its last allowed delivery.
-                store.move_locked(dead_letter_queue, id, token).await?;
+                store
+                    .move_locked(queue, dead_letter_queue, id, token)
+                    .await?;
                 continue;
             }
             Err(why) => {
                 tracing::error!(queue, row = id, error = %why, "Moving a message that does not decode to the dead-letter queue");
-                store.move_locked(dead_letter_queue, id, token).await?;
+                store
+                    .move_locked(queue, dead_letter_queue, id, token)
+                    .await?;
                 continue;
             }
         };
         let mut envelope = envelope;
         envelope.set_delivery_count(deliveries);
-        envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token })));
+        envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token, until })));
         return Ok(Some(envelope));
     }
 }
@@ -303,9 +310,9 @@ fn micros(d: Duration) -> i64 {
 
 /// The database URL of `config`: `connection.uri` without courier's own query parameters.
 fn database_url(config: &ConfigParams) -> Result<String> {
-    let uri = config.get("connection.uri").ok_or_else(|| {
-        Error::config("connection.uri", "an SQL queue needs the database URL").with_backend(BACKEND)
-    })?;
+    let Some(uri) = config.get("connection.uri") else {
+        return url_from_parts(config);
+    };
     let Ok(mut url) = url::Url::parse(uri) else {
         // `sqlite::memory:` and other forms the url crate cannot take apart go as they are.
         return Ok(uri.to_owned());
@@ -323,6 +330,52 @@ fn database_url(config: &ConfigParams) -> Result<String> {
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
     }
+    Ok(url.to_string())
+}
+
+/// The database URL from `connection.protocol|host|port|database` and
+/// `credential.username|password`, for configurations without `connection.uri`.
+fn url_from_parts(config: &ConfigParams) -> Result<String> {
+    let protocol = config.get("connection.protocol").ok_or_else(|| {
+        Error::config(
+            "connection.uri",
+            "an SQL queue needs `connection.uri`, or `connection.protocol` with the host and database",
+        )
+        .with_backend(BACKEND)
+    })?;
+    let database = config
+        .get("connection.database")
+        .or_else(|| config.get("connection.path"))
+        .unwrap_or_default();
+    if protocol.eq_ignore_ascii_case("sqlite") {
+        if database.is_empty() {
+            return Err(
+                Error::config("connection.database", "SQLite needs the database file")
+                    .with_backend(BACKEND),
+            );
+        }
+        return Ok(format!("sqlite://{database}"));
+    }
+    let mut url = url::Url::parse(&format!("{protocol}://localhost")).map_err(|_| {
+        Error::config("connection.protocol", "is not a URI scheme").with_backend(BACKEND)
+    })?;
+    let host = config.get("connection.host").unwrap_or("localhost");
+    url.set_host(Some(host)).map_err(|_| {
+        Error::config("connection.host", "is not a host name").with_backend(BACKEND)
+    })?;
+    let port = config.get_as_u64("connection.port")?;
+    if let Some(port) = port {
+        let port = u16::try_from(port)
+            .map_err(|_| Error::config("connection.port", "is not a port").with_backend(BACKEND))?;
+        let _ = url.set_port(Some(port));
+    }
+    if let Some(user) = config.get("credential.username") {
+        let _ = url.set_username(user);
+    }
+    if let Some(password) = config.get("credential.password") {
+        let _ = url.set_password(Some(password));
+    }
+    url.set_path(database);
     Ok(url.to_string())
 }
 
@@ -379,7 +432,7 @@ impl MessageQueue for SqlMessageQueue {
         self.base.stop_listeners().await;
         // Messages kept from cancelled receives go back at once.
         let kept: Vec<_> = self.stash.lock().drain(..).collect();
-        for (message, _) in kept {
+        for message in kept {
             let _ = self.abandon(&message).await;
         }
         self.base.set_open(false);
@@ -434,6 +487,7 @@ impl MessageQueue for SqlMessageQueue {
     ) -> Result<Option<MessageEnvelope>> {
         let store = self.store()?;
         if let Some(message) = self.take_stashed() {
+            self.base.received(correlation_id, &message);
             return Ok(Some(message));
         }
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
@@ -494,7 +548,7 @@ impl MessageQueue for SqlMessageQueue {
             .settle(message, |store, lock| async move {
                 if to_dead {
                     store
-                        .move_locked(dead_letter_queue, lock.id, lock.token)
+                        .move_locked(queue, dead_letter_queue, lock.id, lock.token)
                         .await
                 } else {
                     store.release(queue, lock.id, lock.token).await
@@ -508,11 +562,12 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
+        let queue = self.name();
         let dead_letter_queue = self.dead_letter_queue.as_str();
         let moved = self
             .settle(message, |store, lock| async move {
                 store
-                    .move_locked(dead_letter_queue, lock.id, lock.token)
+                    .move_locked(queue, dead_letter_queue, lock.id, lock.token)
                     .await
             })
             .await?;

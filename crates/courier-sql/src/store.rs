@@ -157,6 +157,11 @@ impl SqlStore {
     ///
     /// [`ErrorKind::Config`] for a URL of another scheme or a schema newer than this crate,
     /// [`ErrorKind::Connection`] if the database cannot be reached.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled connect leaves no pool behind (the schema, if it was being
+    /// created, is created in one transaction).
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, &StoreOptions::default()).await
     }
@@ -164,6 +169,10 @@ impl SqlStore {
     /// [`connect`](Self::connect) with connection settings.
     ///
     /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    ///
+    /// # Cancel safety
     ///
     /// As [`connect`](Self::connect).
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self> {
@@ -282,6 +291,11 @@ impl SqlStore {
     }
 
     /// Closes the pool (queues built on this store then fail with `Connection` errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the pool is closed at once; dropping the future only stops waiting for
+    /// connections in use to come back.
     pub async fn close(&self) {
         on_pool!(self.inner, pool => pool.close().await);
     }
@@ -385,7 +399,7 @@ impl SqlStore {
                 .bind(&envelope.message[..])
                 .execute(pool)
                 .await
-                .map_err(sql_error)?;
+                .map_err(|e| sql_error(e).with_queue(queue))?;
         });
         self.wake(queue);
         Ok(())
@@ -402,8 +416,8 @@ impl SqlStore {
         let sql = &self.inner.sql;
         let row = on_pool!(self.inner, pool => {
             if sql.dialect == Dialect::MySql {
-                let mut tx = pool.begin().await.map_err(sql_error)?;
-                let row = sqlx::query(&sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.map_err(sql_error)?;
+                let mut tx = pool.begin().await.map_err(|e| sql_error(e).with_queue(queue))?;
+                let row = sqlx::query(&sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.map_err(|e| sql_error(e).with_queue(queue))?;
                 let row = match row {
                     Some(row) => {
                         let mut stored = decode_row!(&row);
@@ -413,14 +427,14 @@ impl SqlStore {
                             .bind(stored.id)
                             .execute(&mut *tx)
                             .await
-                            .map_err(sql_error)?;
+                            .map_err(|e| sql_error(e).with_queue(queue))?;
                         stored.deliveries += 1;
                         stored.lock_token = Some(token);
                         Some(stored)
                     }
                     None => None,
                 };
-                tx.commit().await.map_err(sql_error)?;
+                tx.commit().await.map_err(|e| sql_error(e).with_queue(queue))?;
                 row
             } else {
                 let row = sqlx::query(&sql.claim)
@@ -430,7 +444,7 @@ impl SqlStore {
                     .bind(now)
                     .fetch_optional(pool)
                     .await
-                    .map_err(sql_error)?;
+                    .map_err(|e| sql_error(e).with_queue(queue))?;
                 match row {
                     Some(row) => Some(decode_row!(&row)),
                     None => None,
@@ -459,7 +473,7 @@ impl SqlStore {
 
     async fn update_locked(&self, sql: &str, queue: &str, id: i64, token: i64) -> Result<bool> {
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(sql).bind(id).bind(token).bind(queue).execute(pool).await.map_err(sql_error)?.rows_affected()
+            sqlx::query(sql).bind(id).bind(token).bind(queue).execute(pool).await.map_err(|e| sql_error(e).with_queue(queue))?.rows_affected()
         });
         Ok(affected > 0)
     }
@@ -483,17 +497,32 @@ impl SqlStore {
                 .bind(now)
                 .execute(pool)
                 .await
-                .map_err(sql_error)?
+                .map_err(|e| sql_error(e).with_queue(queue))?
                 .rows_affected()
         });
         Ok(affected > 0)
     }
 
-    /// Moves a message locked with `token` to `to_queue`, ready; `false` if the lock is not held.
-    pub(crate) async fn move_locked(&self, to_queue: &str, id: i64, token: i64) -> Result<bool> {
+    /// Moves a message of `queue` locked with `token` to `to_queue`, ready; `false` if the lock
+    /// is not held.
+    pub(crate) async fn move_locked(
+        &self,
+        queue: &str,
+        to_queue: &str,
+        id: i64,
+        token: i64,
+    ) -> Result<bool> {
         let sql = &self.inner.sql;
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(&sql.move_locked).bind(to_queue).bind(id).bind(token).execute(pool).await.map_err(sql_error)?.rows_affected()
+            sqlx::query(&sql.move_locked)
+                .bind(to_queue)
+                .bind(id)
+                .bind(token)
+                .bind(queue)
+                .execute(pool)
+                .await
+                .map_err(|e| sql_error(e).with_queue(queue))?
+                .rows_affected()
         });
         if affected > 0 {
             self.wake(to_queue);
@@ -504,7 +533,7 @@ impl SqlStore {
     pub(crate) async fn count(&self, queue: &str, now: i64) -> Result<usize> {
         let sql = &self.inner.sql;
         let count: i64 = on_pool!(self.inner, pool => {
-            sqlx::query(&sql.count).bind(queue).bind(now).fetch_one(pool).await.and_then(|r| r.try_get(0)).map_err(sql_error)?
+            sqlx::query(&sql.count).bind(queue).bind(now).fetch_one(pool).await.and_then(|r| r.try_get(0)).map_err(|e| sql_error(e).with_queue(queue))?
         });
         Ok(usize::try_from(count).unwrap_or(0))
     }
@@ -513,7 +542,7 @@ impl SqlStore {
         let sql = &self.inner.sql;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = on_pool!(self.inner, pool => {
-            let rows = sqlx::query(&sql.peek).bind(queue).bind(now).bind(limit).fetch_all(pool).await.map_err(sql_error)?;
+            let rows = sqlx::query(&sql.peek).bind(queue).bind(now).bind(limit).fetch_all(pool).await.map_err(|e| sql_error(e).with_queue(queue))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 out.push(decode_row!(row));
@@ -526,7 +555,7 @@ impl SqlStore {
     pub(crate) async fn clear(&self, queue: &str, now: i64) -> Result<u64> {
         let sql = &self.inner.sql;
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(&sql.clear).bind(queue).bind(now).execute(pool).await.map_err(sql_error)?.rows_affected()
+            sqlx::query(&sql.clear).bind(queue).bind(now).execute(pool).await.map_err(|e| sql_error(e).with_queue(queue))?.rows_affected()
         });
         Ok(affected)
     }

@@ -61,6 +61,36 @@ async fn connect_by_uri_sends_and_receives_on_every_dialect() {
 }
 
 #[tokio::test]
+async fn config_keys_instead_of_a_uri_and_driver_parameters_in_a_uri() {
+    let Some(harness) = SqlHarness::postgres().await else {
+        return;
+    };
+    let name = format!("parts-{}", uuid::Uuid::new_v4().simple());
+    let config = ConfigParams::from_tuples([
+        ("name", name.as_str()),
+        ("connection.protocol", "postgres"),
+        ("connection.host", "127.0.0.1"),
+        ("connection.port", "5432"),
+        ("connection.database", "test"),
+        ("credential.username", "postgres"),
+    ]);
+    let queue = SqlMessageQueue::with_config(&config).unwrap();
+    queue.open(None).await.unwrap();
+    queue
+        .send(None, MessageEnvelope::new(None, "t", "parts"))
+        .await
+        .unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+    queue.clear(None).await.unwrap();
+    // A parameter that is not courier's goes to the driver.
+    courier_sql::register();
+    let with_driver_param = connect(&harness.queue_uri(&name, "sslmode=disable"))
+        .await
+        .unwrap();
+    assert_eq!(with_driver_param.read_message_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn in_memory_sqlite_works() {
     courier_sql::register();
     let queue = connect("sqlite::memory:?queue=mem").await.unwrap();
@@ -78,10 +108,6 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
     for (uri, key) in [
         (sqlite.clone(), "queue"),
         (
-            format!("{sqlite}?queue=q&lock_timout=5"),
-            "options.lock_timout",
-        ),
-        (
             format!("{sqlite}?queue=q&poll_interval=soon"),
             "options.poll_interval",
         ),
@@ -97,6 +123,12 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
     let err =
         SqlMessageQueue::with_config(&ConfigParams::from_string("name=q").unwrap()).unwrap_err();
     assert!(err.to_string().contains("connection.uri"), "{err}");
+    let err = SqlMessageQueue::with_config(
+        &ConfigParams::from_string("name=q;connection.protocol=postgres;connection.port=99999")
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("connection.port"), "{err}");
 }
 
 #[tokio::test]
