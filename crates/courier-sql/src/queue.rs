@@ -55,8 +55,9 @@ enum Source {
 /// # Cancel safety
 ///
 /// `receive` runs its claim in a task of its own: if the `receive` future is dropped, a
-/// message the claim took is kept by this queue handle and returned by its next `receive`
-/// (or redelivered by the database when its lock expires, if there is none).
+/// message the claim took is kept by this queue handle and returned by its next `receive`;
+/// one that no `receive` takes within half the lock timeout (two seconds at most) is released,
+/// so that it is redelivered at once.
 pub struct SqlMessageQueue {
     base: QueueBase,
     source: Source,
@@ -196,24 +197,28 @@ impl SqlMessageQueue {
     /// One claim, in a task of its own so that a cancelled receive loses nothing.
     async fn claim_once(&self, store: &SqlStore) -> Result<Option<MessageEnvelope>> {
         let (tx, rx) = oneshot::channel();
+        let keeper = Keeper {
+            stash: self.stash.clone(),
+            store: store.clone(),
+            queue: self.base.name().to_owned(),
+            grace: (self.base.options().lock_timeout / 2).min(Duration::from_secs(2)),
+        };
         let task = {
-            let store = store.clone();
-            let queue = self.base.name().to_owned();
+            let keeper = keeper.clone();
             let dead_letter_queue = self.dead_letter_queue.clone();
             let lock_timeout = self.base.options().lock_timeout;
             let max_deliveries = self.base.options().max_deliveries;
-            let stash = self.stash.clone();
             async move {
                 let result = claim(
-                    &store,
-                    &queue,
+                    &keeper.store,
+                    &keeper.queue,
                     &dead_letter_queue,
                     lock_timeout,
                     max_deliveries,
                 )
                 .await;
                 if let Err(Ok(Some(message))) = tx.send(result) {
-                    stash.lock().push_back(message);
+                    keeper.keep(message);
                 }
             }
         };
@@ -221,7 +226,7 @@ impl SqlMessageQueue {
         let mut guard = StashOnDrop {
             rx,
             done: false,
-            stash: &self.stash,
+            keeper,
         };
         let result = (&mut guard.rx).await;
         guard.done = true;
@@ -234,20 +239,59 @@ impl SqlMessageQueue {
     }
 }
 
-/// Keeps a claimed message that arrives after its `receive` was dropped.
-struct StashOnDrop<'a> {
-    rx: oneshot::Receiver<Result<Option<MessageEnvelope>>>,
-    done: bool,
-    stash: &'a Mutex<VecDeque<MessageEnvelope>>,
+/// Keeps messages claimed for receives that were cancelled: the next `receive` of the handle
+/// returns them; one not taken within `grace` is released, so it is redelivered at once
+/// rather than when its lock expires.
+#[derive(Clone)]
+struct Keeper {
+    stash: Arc<Mutex<VecDeque<MessageEnvelope>>>,
+    store: SqlStore,
+    queue: String,
+    grace: Duration,
 }
 
-impl Drop for StashOnDrop<'_> {
+impl Keeper {
+    fn keep(&self, message: MessageEnvelope) {
+        let Some(lock) = SqlMessageQueue::lock_of(&message) else {
+            return;
+        };
+        self.stash.lock().push_back(message);
+        // Outside a runtime (a runtime shutting down) the lock simply expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let keeper = self.clone();
+            runtime.spawn(async move {
+                tokio::time::sleep(keeper.grace).await;
+                let unclaimed = {
+                    let mut stash = keeper.stash.lock();
+                    let before = stash.len();
+                    stash.retain(|m| SqlMessageQueue::lock_of(m) != Some(lock));
+                    stash.len() < before
+                };
+                if unclaimed {
+                    let _ = keeper
+                        .store
+                        .release(&keeper.queue, lock.id, lock.token)
+                        .await;
+                }
+            });
+        }
+    }
+}
+
+/// Keeps a claimed message that arrives after its `receive` was dropped.
+struct StashOnDrop {
+    rx: oneshot::Receiver<Result<Option<MessageEnvelope>>>,
+    done: bool,
+    keeper: Keeper,
+}
+
+impl Drop for StashOnDrop {
     fn drop(&mut self) {
         if !self.done {
             // Closed first: from here on the claim task keeps what it gets itself.
             self.rx.close();
             if let Ok(Ok(Some(message))) = self.rx.try_recv() {
-                self.stash.lock().push_back(message);
+                self.keeper.keep(message);
             }
         }
     }
