@@ -202,3 +202,11 @@ async fn a_row_that_does_not_decode_goes_to_the_dead_letter_queue() {
         "the bad row is in the dead-letter queue"
     );
 }
+
+#[test]
+fn sql_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SqlMessageQueue>();
+    send_sync::<SqlStore>();
+    send_sync::<courier_sql::StoreOptions>();
+}
