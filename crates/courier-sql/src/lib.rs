@@ -25,7 +25,7 @@
 //! The query string also takes the shared options (`lock_timeout`, `max_deliveries`,
 //! `dead_letter_queue`, `listen_concurrency`, ...), `poll_interval` (ms) and
 //! `max_connections`; any other parameter goes to the database driver (`sslmode=require`).
-//! With [`ConfigParams`](courier_core::ConfigParams): `connection.uri` and `options.*`.
+//! With [`ConfigParams`]: `connection.uri` and `options.*`.
 //!
 //! # Schema
 //!
@@ -55,7 +55,7 @@
 //!
 //! # Semantics
 //!
-//! All nine capabilities. As [`MessageQueue`](courier_core::MessageQueue) describes, with
+//! All nine capabilities. As [`MessageQueue`] describes, with
 //! these backend facts: an abandoned message keeps its place (the head of the queue, where the
 //! memory queue puts it at the tail); a row that does not decode is moved to the dead-letter
 //! queue instead of blocking the queue; a message whose `send` returned `Ok` is committed and

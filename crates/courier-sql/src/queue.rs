@@ -64,7 +64,7 @@ pub struct SqlMessageQueue {
     store: Mutex<Option<SqlStore>>,
     dead_letter_queue: String,
     poll_interval: Duration,
-    /// Messages claimed by `receive` calls that were cancelled, with when they were claimed.
+    /// Messages claimed for `receive` calls that were cancelled (see [`Keeper`]).
     stash: Arc<Mutex<VecDeque<MessageEnvelope>>>,
 }
 

@@ -14,7 +14,7 @@ pub use courier_sql as sql;
 
 /// Registers the URI schemes and descriptors of every enabled backend. [`connect`] and
 /// [`messaging_factory`] call it; call it yourself before
-/// [`create_from_uri`](courier_core::create_from_uri). Idempotent.
+/// [`create_from_uri`]. Idempotent.
 pub fn register_backends() {
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
     courier_sql::register();
