@@ -125,6 +125,17 @@ async fn read_lines(child: &mut Child, stop_after: Option<usize>) -> (Vec<String
     (sent, done)
 }
 
+/// In a child process (`COURIER_CHILD` set), plays the child's part and returns `true`.
+async fn play_child() -> bool {
+    match std::env::var(CHILD).as_deref() {
+        Ok("doomed") => doomed_producer().await,
+        Ok("worker") => worker().await,
+        Ok(_) => {}
+        Err(_) => return false,
+    }
+    true
+}
+
 async fn sigkill_loses_no_acknowledged_send(test: &str, url: &str) {
     let queue_name = format!("crash-{}", uuid::Uuid::new_v4().simple());
     let mut child = spawn_child(test, "doomed", url, &queue_name);
@@ -165,10 +176,8 @@ async fn sigkill_loses_no_acknowledged_send(test: &str, url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_sigkill_loses_no_acknowledged_send() {
-    match std::env::var(CHILD).as_deref() {
-        Ok("doomed") => return doomed_producer().await,
-        Ok(_) => return,
-        Err(_) => {}
+    if play_child().await {
+        return;
     }
     let harness = SqlHarness::sqlite().await.expect("sqlite");
     sigkill_loses_no_acknowledged_send("sqlite_sigkill_loses_no_acknowledged_send", &harness.url)
@@ -177,10 +186,8 @@ async fn sqlite_sigkill_loses_no_acknowledged_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sigkill_loses_no_acknowledged_send() {
-    match std::env::var(CHILD).as_deref() {
-        Ok("doomed") => return doomed_producer().await,
-        Ok(_) => return,
-        Err(_) => {}
+    if play_child().await {
+        return;
     }
     let Some(harness) = SqlHarness::postgres().await else {
         return;
@@ -191,10 +198,8 @@ async fn postgres_sigkill_loses_no_acknowledged_send() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_a_sqlite_file() {
-    match std::env::var(CHILD).as_deref() {
-        Ok("worker") => return worker().await,
-        Ok(_) => return,
-        Err(_) => {}
+    if play_child().await {
+        return;
     }
     let harness = SqlHarness::sqlite().await.expect("sqlite");
     let queue_name = format!("shared-{}", uuid::Uuid::new_v4().simple());
