@@ -1,10 +1,14 @@
 //! The behavioural suite every courier backend runs.
 //!
 //! A backend implements [`Harness`] (how to make a fresh queue, what [`Features`] it has) and
-//! expands [`conformance_tests!`] once in its `tests/` directory. That gives one
-//! `#[tokio::test]` per check, named after the check, plus a `stress` test that runs the
-//! whole suite several times in parallel. Checks whose capability or feature the backend
-//! lacks verify that the operation fails with `Unsupported` instead, or return at once.
+//! expands [`conformance_tests!`] once in its `tests/` directory. That gives two tests per
+//! check, named after it: `current_thread::<check>` on a current-thread runtime (the default of
+//! `#[tokio::test]` and of many small services, where a loop that never yields hangs
+//! everything) and `multi_thread::<check>` on a two-worker runtime; plus a `stress` test per
+//! flavour that runs the whole suite several times at once. Every test runs under a watchdog:
+//! a check that hangs fails after [`WATCHDOG`] instead of stalling CI. Checks whose capability
+//! or feature the backend lacks verify that the operation fails with `Unsupported` instead, or
+//! return at once.
 //!
 //! ```text
 //! // crates/courier-xyz/tests/conformance.rs
@@ -109,7 +113,9 @@ macro_rules! __with_checks {
             peek_batch_in_order, clear_removes_ready_messages,
             listen_completes_on_ok, listen_abandons_on_error_and_panic, listen_concurrency_is_bounded,
             end_listen_drains_without_loss, end_listen_before_the_loop_starts, close_drains_in_flight_handler,
-            clear_does_not_restart_listener, receive_is_cancel_safe
+            clear_does_not_restart_listener, receive_is_cancel_safe,
+            failing_receiver_backs_off, failing_receiver_does_not_starve_the_runtime,
+            close_during_receive_uses_no_delivery, cancelled_receive_uses_no_delivery
         }
     };
 }
@@ -177,22 +183,107 @@ pub fn skip_or_fail<T>(backend: &str, reason: &str) -> Option<T> {
     None
 }
 
-/// Expands to one `#[tokio::test]` per check of the suite for the harness `$harness` (an
-/// expression of type `Option<H>`: `None` skips), plus a `stress` test that runs the whole
-/// suite `stress` times in parallel.
+/// The runtime a check runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Flavor {
+    /// `tokio::runtime::Builder::new_current_thread`: everything on the test's thread.
+    CurrentThread,
+    /// `tokio::runtime::Builder::new_multi_thread` with two workers.
+    MultiThread,
+}
+
+/// How long one test of the suite may run before the watchdog fails it as hung.
+pub const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Runs the future `make` builds on a fresh runtime of `flavor`, in a thread of its own, and
+/// fails (panics) if it panics or does not finish within [`WATCHDOG`]: what each test of
+/// [`conformance_tests!`] does.
+///
+/// # Panics
+///
+/// If the future panics (the panic is passed on), hangs, or the runtime cannot be built.
+pub fn run_check<F, Fut>(flavor: Flavor, name: &str, make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let mut builder = match flavor {
+                Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+                Flavor::MultiThread => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    b.worker_threads(2);
+                    b
+                }
+            };
+            let runtime = builder.enable_all().build().expect("a tokio runtime");
+            runtime.block_on(make());
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            let _ = done.send(());
+        })
+        .expect("a test thread");
+    match finished.recv_timeout(WATCHDOG) {
+        Ok(()) => {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{name}: the test thread ended without finishing"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{name} did not finish within {WATCHDOG:?} on a {flavor:?} runtime: it hangs")
+        }
+    }
+}
+
+/// Expands to two tests per check of the suite for the harness `$harness` (an expression of
+/// type `Option<H>`, evaluated inside the test's runtime: `None` skips), in modules
+/// `current_thread` and `multi_thread`, plus a `stress` test in each that runs the whole suite
+/// `stress` times at once. Each runs under [`run_check`]'s watchdog.
 #[macro_export]
 macro_rules! conformance_tests {
     ($harness:expr) => {
         $crate::conformance_tests!($harness, stress = 1);
     };
     ($harness:expr, stress = $times:expr) => {
-        $crate::__with_checks!($crate::__conformance_test_fns { $harness });
+        mod current_thread {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__with_checks!($crate::__conformance_test_fns {
+                $harness,
+                CurrentThread
+            });
+            $crate::__conformance_stress!($harness, CurrentThread, $times);
+        }
+        mod multi_thread {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__with_checks!($crate::__conformance_test_fns {
+                $harness,
+                MultiThread
+            });
+            $crate::__conformance_stress!($harness, MultiThread, $times);
+        }
+    };
+}
 
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn stress() {
-            if let Some(h) = $harness {
-                $crate::run_stress(::std::sync::Arc::new(h), $times).await;
-            }
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_stress {
+    ($harness:expr, $flavor:ident, $times:expr) => {
+        #[test]
+        fn stress() {
+            $crate::run_check($crate::Flavor::$flavor, "stress", || async {
+                if let Some(h) = $harness {
+                    $crate::run_stress(::std::sync::Arc::new(h), $times).await;
+                }
+            });
         }
     };
 }
@@ -200,13 +291,15 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_test_fns {
-    ($harness:expr; $($name:ident),* $(,)?) => {
+    ($harness:expr, $flavor:ident; $($name:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                if let Some(h) = $harness {
-                    $crate::checks::$name(&h).await;
-                }
+            #[test]
+            fn $name() {
+                $crate::run_check($crate::Flavor::$flavor, stringify!($name), || async {
+                    if let Some(h) = $harness {
+                        $crate::checks::$name(&h).await;
+                    }
+                });
             }
         )*
     };

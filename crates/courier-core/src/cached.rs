@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::backend::{ListenControl, QueueBase};
 use crate::{
-    Error, ListenControl, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
-    MessagingCapabilities, QueueBase, Result,
+    Error, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
+    MessagingCapabilities, Result,
 };
 
 /// The broker half of a [`CachedMessageQueue`]: connects, subscribes, sends and acknowledges.
@@ -349,7 +350,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
         self.ready(correlation_id).await?;
-        let deadline = crate::deadline_after(tokio::time::Instant::now(), wait_timeout);
+        let deadline = crate::backend::deadline_after(tokio::time::Instant::now(), wait_timeout);
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let message = match self.cache.receive(correlation_id, wait).await {
@@ -419,12 +420,12 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         receiver: Arc<dyn MessageReceiver>,
     ) -> Result<()> {
-        self.ready(correlation_id).await?;
+        // The loop's first `receive` subscribes.
         self.base.listen(self, correlation_id, receiver).await
     }
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
-        self.base.listen_control().end_listen();
+        self.base.end_listen();
     }
 
     fn listen_control(&self) -> Option<&ListenControl> {

@@ -167,7 +167,7 @@ pub fn redact_uri(uri: &str) -> String {
 /// * query parameters `queue` and `name` as they are, every other one under `options.`.
 ///
 /// ```
-/// use courier_core::config_from_uri;
+/// use courier_core::backend::config_from_uri;
 ///
 /// let c = config_from_uri("memory://orders?lock_timeout=200").unwrap();
 /// assert_eq!(c.get("connection.protocol"), Some("memory"));

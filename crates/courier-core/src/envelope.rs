@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::lock::LockToken;
+use crate::backend::LockToken;
 use crate::{Error, Result};
 
 mod wire;

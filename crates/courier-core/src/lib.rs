@@ -1,9 +1,10 @@
 //! The core of [courier](https://docs.rs/courier): the pip-services messaging model in Rust.
 //!
 //! Most users depend on the `courier` facade, which re-exports everything here and adds the
-//! backends. Backend authors depend on this crate: they implement [`MessageQueue`], embed a
-//! [`QueueBase`], use [`CachedMessageQueue`] for push brokers, register a URI scheme with
-//! [`register_scheme`], and run the `courier-conformance` suite.
+//! backends. This page is the user API: the [`MessageQueue`] trait and its envelope, receivers,
+//! capabilities and errors, the in-process [`MemoryMessageQueue`], configuration, factories and
+//! [`connect`]. Backend authors also use [`backend`]: the shared queue state, the listen loop,
+//! lock tokens, the push layer under [`CachedMessageQueue`], and URI-scheme registration.
 //!
 //! ```
 //! use std::time::Duration;
@@ -22,7 +23,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
-mod base;
+pub mod backend;
 mod cached;
 mod capabilities;
 mod config;
@@ -30,31 +31,23 @@ mod connection;
 pub mod envelope;
 mod error;
 mod factory;
-pub mod listen;
-mod lock;
 mod memory;
 mod options;
 mod queue;
 mod receiver;
 
 pub use async_trait::async_trait;
-pub use base::{QueueBase, Settled, deadline_after};
-pub use cached::{CachedMessageQueue, MessageSink, PushBroker};
+pub use cached::CachedMessageQueue;
 pub use capabilities::MessagingCapabilities;
 pub use config::ConfigParams;
-pub use connection::{
-    ConnectionParams, CredentialParams, check_known_options, config_from_uri, redact_uri,
-};
+pub use connection::redact_uri;
 pub use envelope::MessageEnvelope;
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use factory::{
     Component, Constructor, DefaultMessagingFactory, Descriptor, MemoryMessageQueueFactory,
-    MessageQueueFactory, QueueProvider, connect, create_from_uri, named_config, register_scheme,
-    registered_schemes,
+    MessageQueueFactory, connect, create_from_uri,
 };
-pub use listen::{ListenControl, ListenTicket};
-pub use lock::{LockToken, LockedMessage};
 pub use memory::MemoryMessageQueue;
-pub use options::{OPTION_KEYS, QueueOptions, resolve_name};
+pub use options::QueueOptions;
 pub use queue::{ListenHandle, MessageQueue, MessageQueueExt};
 pub use receiver::{CallbackMessageReceiver, MessageReceiver};

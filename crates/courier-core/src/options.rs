@@ -18,6 +18,9 @@ use crate::{ConfigParams, Error, Result};
 /// | `options.drain_timeout` | [`drain_timeout`](Self::drain_timeout) | 30 000 ms |
 /// | `options.max_size` | [`max_size`](Self::max_size) | unbounded |
 /// | `options.autosubscribe` | [`autosubscribe`](Self::autosubscribe) | false |
+/// | `options.redelivery_delay` | [`redelivery_delay`](Self::redelivery_delay) | 100 ms |
+/// | `options.max_redelivery_delay` | [`max_redelivery_delay`](Self::max_redelivery_delay) | 10 000 ms |
+/// | `options.connect_timeout` | [`connect_timeout`](Self::connect_timeout) | 10 000 ms |
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QueueOptions {
@@ -39,10 +42,19 @@ pub struct QueueOptions {
     pub max_size: Option<usize>,
     /// Push brokers: subscribe on `open` instead of on first use.
     pub autosubscribe: bool,
+    /// How long `listen` waits before it gives back a message whose receiver failed (returned
+    /// `Err` or panicked), on its first delivery; the wait doubles with every further delivery
+    /// up to [`max_redelivery_delay`](Self::max_redelivery_delay). Zero gives it back at once.
+    pub redelivery_delay: Duration,
+    /// The longest wait before a failed message is given back.
+    pub max_redelivery_delay: Duration,
+    /// Remote backends: how long `open` may take to reach the server before it fails with
+    /// [`ErrorKind::Connection`](crate::ErrorKind::Connection).
+    pub connect_timeout: Duration,
 }
 
 /// The option keys [`QueueOptions`] reads, without the `options.` prefix.
-pub const OPTION_KEYS: [&str; 8] = [
+pub const OPTION_KEYS: [&str; 11] = [
     "lock_timeout",
     "max_deliveries",
     "dead_letter_queue",
@@ -51,6 +63,9 @@ pub const OPTION_KEYS: [&str; 8] = [
     "drain_timeout",
     "max_size",
     "autosubscribe",
+    "redelivery_delay",
+    "max_redelivery_delay",
+    "connect_timeout",
 ];
 
 impl Default for QueueOptions {
@@ -64,6 +79,9 @@ impl Default for QueueOptions {
             drain_timeout: Duration::from_secs(30),
             max_size: None,
             autosubscribe: false,
+            redelivery_delay: Duration::from_millis(100),
+            max_redelivery_delay: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,7 +135,40 @@ impl QueueOptions {
         if let Some(v) = config.get_as_bool("options.autosubscribe")? {
             o.autosubscribe = v;
         }
+        if let Some(v) = config.get_as_duration_ms("options.redelivery_delay")? {
+            o.redelivery_delay = v;
+        }
+        if let Some(v) = config.get_as_duration_ms("options.max_redelivery_delay")? {
+            o.max_redelivery_delay = v;
+        }
+        if let Some(v) = positive(config, "options.connect_timeout", |c, k| {
+            c.get_as_duration_ms(k)
+        })? {
+            o.connect_timeout = v;
+        }
         Ok(o)
+    }
+
+    /// How long `listen` waits before giving back a message whose receiver failed on its
+    /// `delivery_count`-th delivery: [`redelivery_delay`](Self::redelivery_delay) doubled for
+    /// each delivery after the first, at most [`max_redelivery_delay`](Self::max_redelivery_delay),
+    /// and at most half the lock timeout (so the lock does not expire first).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use courier_core::QueueOptions;
+    ///
+    /// let o = QueueOptions::default();
+    /// assert_eq!(o.redelivery_delay_for(1), Duration::from_millis(100));
+    /// assert_eq!(o.redelivery_delay_for(3), Duration::from_millis(400));
+    /// assert_eq!(o.redelivery_delay_for(60), Duration::from_secs(10));
+    /// ```
+    pub fn redelivery_delay_for(&self, delivery_count: u32) -> Duration {
+        let doublings = delivery_count.saturating_sub(1).min(31);
+        self.redelivery_delay
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_redelivery_delay)
+            .min(self.lock_timeout / 2)
     }
 
     /// The dead-letter queue's name for a queue called `queue_name`.

@@ -9,10 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::{
-    Error, ErrorKind, ListenControl, MessageEnvelope, MessageReceiver, MessagingCapabilities,
-    Result,
-};
+use crate::backend::ListenControl;
+use crate::{Error, ErrorKind, MessageEnvelope, MessageReceiver, MessagingCapabilities, Result};
 
 /// A message queue with the whole pip-services surface.
 ///
@@ -249,7 +247,7 @@ pub trait MessageQueue: Send + Sync {
     fn end_listen(&self, correlation_id: Option<&str>);
 
     /// The control of this queue's listen loops, if it has one. Backends that embed a
-    /// [`QueueBase`](crate::QueueBase) return `Some(base.listen_control())`, so that
+    /// [`QueueBase`](crate::backend::QueueBase) return `Some(base.listen_control())`, so that
     /// [`begin_listen`](MessageQueueExt::begin_listen) can be stopped before its task runs.
     fn listen_control(&self) -> Option<&ListenControl> {
         None

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use courier_conformance::{Features, Harness, conformance_tests};
+use courier_core::backend::{MessageSink, PushBroker, QueueBase};
 use courier_core::{
-    CachedMessageQueue, ConfigParams, MessageEnvelope, MessageQueue, MessageSink,
-    MessagingCapabilities, PushBroker, QueueBase, Result, async_trait,
+    CachedMessageQueue, ConfigParams, MessageEnvelope, MessageQueue, MessagingCapabilities, Result,
+    async_trait,
 };
 
 /// Subscribers of one topic; a message goes to one of them, round robin.

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use courier_core::backend::*;
 use courier_core::*;
 
 fn send_sync<T: Send + Sync>() {}

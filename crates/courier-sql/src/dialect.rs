@@ -11,6 +11,66 @@ pub enum Dialect {
     MySql,
 }
 
+impl Dialect {
+    /// The dialect of a database URL's scheme (`sqlite`, `postgres`/`postgresql`,
+    /// `mysql`/`mariadb`), whether or not its feature is enabled.
+    pub fn from_url(url: &str) -> Option<Dialect> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Some(Dialect::Sqlite),
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            _ => None,
+        }
+    }
+
+    /// The backend name errors and logs give: `sqlite`, `postgres` or `mysql`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+        }
+    }
+
+    /// The query parameters the database driver (sqlx) understands in this dialect's URLs;
+    /// any other parameter that is not courier's is a typo, reported as a `Config` error.
+    pub fn driver_parameters(self) -> &'static [&'static str] {
+        match self {
+            Dialect::Sqlite => &["mode", "cache", "immutable", "vfs"],
+            Dialect::Postgres => &[
+                "sslmode",
+                "sslrootcert",
+                "sslcert",
+                "sslkey",
+                "ssl-root-cert",
+                "ssl-cert",
+                "ssl-key",
+                "statement-cache-capacity",
+                "host",
+                "hostaddr",
+                "port",
+                "dbname",
+                "user",
+                "password",
+                "application_name",
+                "options",
+            ],
+            Dialect::MySql => &[
+                "ssl-mode",
+                "ssl-ca",
+                "ssl-cert",
+                "ssl-key",
+                "statement-cache-capacity",
+                "socket",
+                "timezone",
+                "charset",
+                "collation",
+            ],
+        }
+    }
+}
+
 /// The version of the schema this crate writes; `open` refuses a database whose
 /// `courier_schema` says more.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -42,6 +102,9 @@ pub(crate) struct Statements {
     pub(crate) delete: String,
     /// Binds: id, lock_token, queue.
     pub(crate) release: String,
+    /// Gives back a claim no caller was handed (a cancelled receive): as `release`, and the
+    /// claim's delivery is not counted. Binds: id, lock_token, queue.
+    pub(crate) unclaim: String,
     /// Binds: locked_until, id, lock_token, queue, now.
     pub(crate) renew: String,
     /// Moves a row to another queue, ready and undelivered. Binds: new queue, id, lock_token,
@@ -147,6 +210,10 @@ impl Statements {
             release: "UPDATE courier_messages SET locked_until = 0, lock_token = NULL \
                       WHERE id = ? AND lock_token = ? AND queue = ?"
                 .into(),
+            unclaim: "UPDATE courier_messages SET locked_until = 0, lock_token = NULL, \
+                      deliveries = CASE WHEN deliveries > 0 THEN deliveries - 1 ELSE 0 END \
+                      WHERE id = ? AND lock_token = ? AND queue = ?"
+                .into(),
             renew: "UPDATE courier_messages SET locked_until = ? \
                     WHERE id = ? AND lock_token = ? AND queue = ? AND locked_until > ?"
                 .into(),
@@ -172,6 +239,7 @@ impl Statements {
             &mut self.claim_update,
             &mut self.delete,
             &mut self.release,
+            &mut self.unclaim,
             &mut self.renew,
             &mut self.move_locked,
             &mut self.count,

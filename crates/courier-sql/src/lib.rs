@@ -75,9 +75,9 @@ pub use store::{SqlStore, StoreOptions};
 
 use std::sync::Arc;
 
+use courier_core::backend::named_config;
 use courier_core::{
     Component, ConfigParams, DefaultMessagingFactory, Descriptor, MessageQueue, Result,
-    named_config,
 };
 
 /// The URI schemes this crate serves, with the features enabled.
@@ -98,7 +98,7 @@ pub fn schemes() -> Vec<&'static str> {
 /// Registers the SQL URI schemes with [`courier_core::connect`]. Idempotent.
 pub fn register() {
     for scheme in schemes() {
-        courier_core::register_scheme(scheme, Arc::new(create));
+        courier_core::backend::register_scheme(scheme, Arc::new(create));
     }
 }
 

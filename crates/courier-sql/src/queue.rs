@@ -6,19 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use courier_core::backend::{
+    ListenControl, LockToken, OPTION_KEYS, QueueBase, check_known_options, deadline_after,
+};
 use courier_core::{
-    ConfigParams, Error, ListenControl, LockToken, MessageEnvelope, MessageQueue, MessageReceiver,
-    MessagingCapabilities, OPTION_KEYS, QueueBase, Result, deadline_after,
+    ConfigParams, Error, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities,
+    Result,
 };
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
-use crate::store::{SqlStore, StoredRow};
-
-const BACKEND: &str = "sql";
+use crate::Dialect;
+use crate::store::{SqlStore, StoreOptions, StoredRow};
 
 /// The options an SQL queue reads besides the shared ones (without the `options.` prefix).
-const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
+pub(crate) const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
 
 /// What a SQL queue's lock token holds: the row and the claim's random token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,13 +32,11 @@ struct SqlLock {
     until: i64,
 }
 
-/// Where a queue gets its store: a shared one, or its own made from a URL on `open`.
+/// Where a queue gets its store: one given to it, or the process-wide store of its URL (made
+/// on the first `open` of any queue on that database, closed with the last `close`).
 enum Source {
-    Shared(SqlStore),
-    Own {
-        url: String,
-        max_connections: Option<u32>,
-    },
+    Given(SqlStore),
+    Url { url: String, options: StoreOptions },
 }
 
 /// A durable [`MessageQueue`] in a SQL database: SQLite, PostgreSQL or MySQL/MariaDB.
@@ -59,13 +60,16 @@ enum Source {
 /// one that no `receive` takes within half the lock timeout (two seconds at most) is released,
 /// so that it is redelivered at once.
 pub struct SqlMessageQueue {
-    base: QueueBase,
+    base: Arc<QueueBase>,
     source: Source,
     store: Mutex<Option<SqlStore>>,
     dead_letter_queue: String,
     poll_interval: Duration,
     /// Messages claimed for `receive` calls that were cancelled (see [`Keeper`]).
     stash: Arc<Mutex<VecDeque<MessageEnvelope>>>,
+    /// Claims in flight and the keepers' timers: `close` waits for them before it gives the
+    /// kept claims back.
+    claims: TaskTracker,
 }
 
 impl SqlMessageQueue {
@@ -75,35 +79,47 @@ impl SqlMessageQueue {
     ///
     /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the invalid key.
     pub fn with_store(store: SqlStore, config: &ConfigParams) -> Result<Self> {
-        Self::new(Source::Shared(store), config)
+        let backend = store.backend();
+        Self::new(Source::Given(store), backend, config)
     }
 
-    /// A closed queue that connects to its own database on `open`: `connection.uri` (or the
-    /// URI `connect` was given) names it, `options.max_connections` sizes its pool.
+    /// A closed queue on the database `connection.uri` names (or `connection.protocol`,
+    /// `host`, `port`, `database` and `credential.*`): on `open` it joins the process-wide
+    /// store of that database, shared with every other queue on it, and the last `close` closes
+    /// the store. Queue options may also be given as the URI's query parameters
+    /// (`sqlite:///x.db?lock_timeout=300`); `options.*` keys win over them.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the invalid or missing key.
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the invalid, unknown or
+    /// missing key.
     pub fn with_config(config: &ConfigParams) -> Result<Self> {
-        let url = database_url(config)?;
-        let max_connections = config
-            .get_as_u64("options.max_connections")?
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-        Self::new(
-            Source::Own {
-                url,
-                max_connections,
-            },
-            config,
-        )
+        let config = with_uri_options(config)?;
+        let url = database_url(&config)?;
+        let dialect = Dialect::from_url(&url).ok_or_else(|| {
+            Error::config(
+                "connection.uri",
+                "is not a sqlite://, postgres:// or mysql:// URL",
+            )
+        })?;
+        let options = StoreOptions {
+            max_connections: config
+                .get_as_u64("options.max_connections")?
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            connect_timeout: courier_core::QueueOptions::from_config(&config)?.connect_timeout,
+        };
+        Self::new(Source::Url { url, options }, dialect.name(), &config)
     }
 
-    fn new(source: Source, config: &ConfigParams) -> Result<Self> {
-        let base = QueueBase::from_config(BACKEND, config, None)?;
-        let default_poll = match &source {
-            Source::Shared(store) if store.dialect() == crate::Dialect::Postgres => 1000,
-            Source::Own { url, .. } if url.starts_with("postgres") => 1000,
-            _ => 200,
+    fn new(source: Source, backend: &'static str, config: &ConfigParams) -> Result<Self> {
+        let mut known: Vec<&str> = OPTION_KEYS.to_vec();
+        known.extend(SQL_OPTION_KEYS);
+        check_known_options(config, &known).map_err(|e| e.with_backend(backend))?;
+        let base = QueueBase::from_config(backend, config, None)?;
+        let default_poll = if backend == Dialect::Postgres.name() {
+            1000
+        } else {
+            200
         };
         let poll_interval = config
             .get_as_duration_ms("options.poll_interval")?
@@ -112,14 +128,15 @@ impl SqlMessageQueue {
         let dead_letter_queue = base.options().dead_letter_queue_name(base.name());
         Ok(SqlMessageQueue {
             store: Mutex::new(match &source {
-                Source::Shared(store) => Some(store.clone()),
-                Source::Own { .. } => None,
+                Source::Given(store) => Some(store.clone()),
+                Source::Url { .. } => None,
             }),
-            base,
+            base: Arc::new(base),
             source,
             dead_letter_queue,
             poll_interval,
             stash: Arc::new(Mutex::new(VecDeque::new())),
+            claims: TaskTracker::new(),
         })
     }
 
@@ -135,10 +152,10 @@ impl SqlMessageQueue {
     /// (`sslmode=require`), which validates them when the queue opens.
     pub fn from_uri_config(config: &ConfigParams) -> Result<Self> {
         if config.get("queue").or_else(|| config.get("name")).is_none() {
-            return Err(
-                Error::config("queue", "the URI needs a `queue=NAME` parameter")
-                    .with_backend(BACKEND),
-            );
+            return Err(Error::config(
+                "queue",
+                "the URI needs a `queue=NAME` parameter",
+            ));
         }
         Self::with_config(config)
     }
@@ -153,7 +170,7 @@ impl SqlMessageQueue {
         self.store
             .lock()
             .clone()
-            .ok_or_else(|| Error::not_opened(self.base.name()).with_backend(BACKEND))
+            .ok_or_else(|| Error::not_opened(self.base.name()).with_backend(self.base.backend()))
     }
 
     fn lock_of(message: &MessageEnvelope) -> Option<SqlLock> {
@@ -205,24 +222,16 @@ impl SqlMessageQueue {
         };
         let task = {
             let keeper = keeper.clone();
+            let base = self.base.clone();
             let dead_letter_queue = self.dead_letter_queue.clone();
-            let lock_timeout = self.base.options().lock_timeout;
-            let max_deliveries = self.base.options().max_deliveries;
             async move {
-                let result = claim(
-                    &keeper.store,
-                    &keeper.queue,
-                    &dead_letter_queue,
-                    lock_timeout,
-                    max_deliveries,
-                )
-                .await;
+                let result = claim(&keeper.store, &base, &dead_letter_queue).await;
                 if let Err(Ok(Some(message))) = tx.send(result) {
                     keeper.keep(message);
                 }
             }
         };
-        tokio::spawn(task);
+        self.claims.spawn(task);
         let mut guard = StashOnDrop {
             rx,
             done: false,
@@ -233,7 +242,7 @@ impl SqlMessageQueue {
         result.unwrap_or_else(|_| {
             Err(
                 Error::new(courier_core::ErrorKind::Backend, "the claim task failed")
-                    .with_backend(BACKEND),
+                    .with_backend(self.base.backend()),
             )
         })
     }
@@ -268,9 +277,10 @@ impl Keeper {
                     stash.len() < before
                 };
                 if unclaimed {
+                    // Nobody was given it: not a delivery.
                     let _ = keeper
                         .store
-                        .release(&keeper.queue, lock.id, lock.token)
+                        .unclaim(&keeper.queue, lock.id, lock.token)
                         .await;
                 }
             });
@@ -297,15 +307,15 @@ impl Drop for StashOnDrop {
     }
 }
 
-/// Claims the next message of `queue`: rows past `max_deliveries` and rows that do not decode
-/// go to the dead-letter queue on the way.
+/// Claims the next message of the queue: rows past `max_deliveries` and rows that do not
+/// decode go to the dead-letter queue on the way.
 async fn claim(
     store: &SqlStore,
-    queue: &str,
+    base: &QueueBase,
     dead_letter_queue: &str,
-    lock_timeout: Duration,
-    max_deliveries: Option<u32>,
 ) -> Result<Option<MessageEnvelope>> {
+    let queue = base.name();
+    let lock_timeout = base.options().lock_timeout;
     loop {
         let now = now_micros();
         let until = now.saturating_add(i64::try_from(lock_timeout.as_micros()).unwrap_or(i64::MAX));
@@ -321,12 +331,15 @@ async fn claim(
         } = row;
         let deliveries = u32::try_from(deliveries).unwrap_or(0);
         let envelope = match envelope {
-            Ok(envelope) if max_deliveries.is_none_or(|max| deliveries <= max) => envelope,
-            Ok(_) => {
+            Ok(envelope) if !base.is_spent(deliveries.saturating_sub(1)) => envelope,
+            Ok(envelope) => {
                 // Its lock expired after its last allowed delivery.
-                store
+                if store
                     .move_locked(queue, dead_letter_queue, id, token)
-                    .await?;
+                    .await?
+                {
+                    base.dead_lettered(&envelope);
+                }
                 continue;
             }
             Err(why) => {
@@ -352,6 +365,35 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// `config` with the queue options written in `connection.uri`'s query (`lock_timeout=300`)
+/// as `options.*` keys (those already set win), and without the driver's parameters that
+/// [`config_from_uri`](courier_core::backend::config_from_uri) put under `options.` (they stay
+/// in the database URL). A parameter that is neither courier's nor the driver's then is an
+/// unknown option, which [`check_known_options`] reports.
+fn with_uri_options(config: &ConfigParams) -> Result<ConfigParams> {
+    let mut config = config.clone();
+    let Some(uri) = config.get("connection.uri").map(str::to_owned) else {
+        return Ok(config);
+    };
+    let driver = Dialect::from_url(&uri).map_or(&[][..], Dialect::driver_parameters);
+    for key in driver {
+        config.remove(&format!("options.{key}"));
+    }
+    if let Ok(url) = url::Url::parse(&uri) {
+        for (k, v) in url.query_pairs() {
+            let key = match k.as_ref() {
+                "queue" | "name" => k.clone().into_owned(),
+                k if driver.contains(&k) => continue,
+                k => format!("options.{k}"),
+            };
+            if !config.contains_key(&key) {
+                config.set(key, v.into_owned());
+            }
+        }
+    }
+    Ok(config)
+}
+
 /// The database URL of `config`: `connection.uri` without courier's own query parameters.
 fn database_url(config: &ConfigParams) -> Result<String> {
     let Some(uri) = config.get("connection.uri") else {
@@ -361,12 +403,10 @@ fn database_url(config: &ConfigParams) -> Result<String> {
         // `sqlite::memory:` and other forms the url crate cannot take apart go as they are.
         return Ok(uri.to_owned());
     };
-    let ours = |k: &str| {
-        k == "queue" || k == "name" || OPTION_KEYS.contains(&k) || SQL_OPTION_KEYS.contains(&k)
-    };
+    let driver = Dialect::from_url(uri).map_or(&[][..], Dialect::driver_parameters);
     let kept: Vec<(String, String)> = url
         .query_pairs()
-        .filter(|(k, _)| !ours(k))
+        .filter(|(k, _)| driver.contains(&k.as_ref()))
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if kept.is_empty() {
@@ -385,7 +425,6 @@ fn url_from_parts(config: &ConfigParams) -> Result<String> {
             "connection.uri",
             "an SQL queue needs `connection.uri`, or `connection.protocol` with the host and database",
         )
-        .with_backend(BACKEND)
     })?;
     let database = config
         .get("connection.database")
@@ -393,24 +432,22 @@ fn url_from_parts(config: &ConfigParams) -> Result<String> {
         .unwrap_or_default();
     if protocol.eq_ignore_ascii_case("sqlite") {
         if database.is_empty() {
-            return Err(
-                Error::config("connection.database", "SQLite needs the database file")
-                    .with_backend(BACKEND),
-            );
+            return Err(Error::config(
+                "connection.database",
+                "SQLite needs the database file",
+            ));
         }
         return Ok(format!("sqlite://{database}"));
     }
-    let mut url = url::Url::parse(&format!("{protocol}://localhost")).map_err(|_| {
-        Error::config("connection.protocol", "is not a URI scheme").with_backend(BACKEND)
-    })?;
+    let mut url = url::Url::parse(&format!("{protocol}://localhost"))
+        .map_err(|_| Error::config("connection.protocol", "is not a URI scheme"))?;
     let host = config.get("connection.host").unwrap_or("localhost");
-    url.set_host(Some(host)).map_err(|_| {
-        Error::config("connection.host", "is not a host name").with_backend(BACKEND)
-    })?;
+    url.set_host(Some(host))
+        .map_err(|_| Error::config("connection.host", "is not a host name"))?;
     let port = config.get_as_u64("connection.port")?;
     if let Some(port) = port {
-        let port = u16::try_from(port)
-            .map_err(|_| Error::config("connection.port", "is not a port").with_backend(BACKEND))?;
+        let port =
+            u16::try_from(port).map_err(|_| Error::config("connection.port", "is not a port"))?;
         let _ = url.set_port(Some(port));
     }
     if let Some(user) = config.get("credential.username") {
@@ -450,16 +487,8 @@ impl MessageQueue for SqlMessageQueue {
         if self.is_open() {
             return Ok(());
         }
-        if let Source::Own {
-            url,
-            max_connections,
-        } = &self.source
-        {
-            let options = crate::StoreOptions {
-                max_connections: *max_connections,
-                ..Default::default()
-            };
-            let store = SqlStore::connect_with(url, &options)
+        if let Source::Url { url, options } = &self.source {
+            let store = SqlStore::acquire_shared(url, options)
                 .await
                 .map_err(|e| e.with_queue(self.name()))?;
             *self.store.lock() = Some(store);
@@ -474,17 +503,34 @@ impl MessageQueue for SqlMessageQueue {
             return Ok(());
         }
         self.base.stop_listeners().await;
-        // Messages kept from cancelled receives go back at once.
-        let kept: Vec<_> = self.stash.lock().drain(..).collect();
-        for message in kept {
-            let _ = self.abandon(&message).await;
-        }
         self.base.set_open(false);
-        if let Source::Own { .. } = self.source {
-            let store = self.store.lock().take();
-            if let Some(store) = store {
-                store.close().await;
+        // Claims still running for receives that were dropped (a listen loop stopping, a
+        // `select!`) land in the stash; wait for them, then give every kept claim back
+        // uncounted: nobody was handed those messages.
+        self.claims.close();
+        let settle = self.base.options().lock_timeout.min(Duration::from_secs(5));
+        if tokio::time::timeout(settle, self.claims.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                queue = self.name(),
+                "claims still running at close; their messages come back when their locks expire"
+            );
+        }
+        self.claims.reopen();
+        let kept: Vec<_> = self.stash.lock().drain(..).collect();
+        let store = self.store.lock().clone();
+        if let Some(store) = &store {
+            for message in kept {
+                if let Some(lock) = Self::lock_of(&message) {
+                    let _ = store.unclaim(self.name(), lock.id, lock.token).await;
+                }
             }
+        }
+        if let Source::Url { url, options } = &self.source {
+            self.store.lock().take();
+            SqlStore::release_shared(url, options).await;
         }
         self.base.changed(correlation_id, "Closed");
         Ok(())
@@ -494,13 +540,9 @@ impl MessageQueue for SqlMessageQueue {
         self.store()?.count(self.name(), now_micros()).await
     }
 
-    async fn send(
-        &self,
-        correlation_id: Option<&str>,
-        mut envelope: MessageEnvelope,
-    ) -> Result<()> {
+    async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
         let store = self.store()?;
-        envelope.sent_time = Some(chrono::Utc::now());
+        let envelope = self.base.prepare_send(envelope)?;
         store.insert(self.name(), &envelope).await?;
         self.base.sent(correlation_id, &envelope);
         Ok(())
@@ -586,8 +628,7 @@ impl MessageQueue for SqlMessageQueue {
     async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
         let queue = self.name();
         let dead_letter_queue = self.dead_letter_queue.as_str();
-        let max = self.base.options().max_deliveries;
-        let to_dead = max.is_some_and(|max| message.delivery_count() >= max);
+        let to_dead = self.base.is_spent(message.delivery_count());
         let moved = self
             .settle(message, |store, lock| async move {
                 if to_dead {
@@ -630,7 +671,7 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
-        self.base.listen_control().end_listen();
+        self.base.end_listen();
     }
 
     fn listen_control(&self) -> Option<&ListenControl> {

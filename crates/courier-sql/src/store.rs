@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use courier_core::backend::Backoff;
 use courier_core::{Error, ErrorKind, MessageEnvelope, Result, redact_uri};
 use parking_lot::Mutex;
 use sqlx::Row as _;
 use tokio::sync::Notify;
 
 use crate::dialect::{Dialect, SCHEMA_VERSION, Statements};
-
-const BACKEND: &str = "sql";
 
 #[derive(Clone, Debug)]
 enum Pool {
@@ -109,13 +108,21 @@ struct StoreInner {
     redacted: String,
     /// Wakes receivers of a queue in this process when a message is sent or released.
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
-    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// PostgreSQL: the `LISTEN` task and the one connection it uses, outside `pool`.
+    listener: Mutex<Option<Listener>>,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    #[cfg(feature = "postgres")]
+    connection: sqlx::PgPool,
 }
 
 impl Drop for StoreInner {
     fn drop(&mut self) {
-        if let Some(task) = self.listener.lock().take() {
-            task.abort();
+        if let Some(listener) = self.listener.lock().take() {
+            listener.task.abort();
         }
     }
 }
@@ -134,9 +141,10 @@ impl fmt::Debug for SqlStore {
 #[non_exhaustive]
 pub struct StoreOptions {
     /// The most connections the pool opens (default 10; 4 for SQLite files, 1 for
-    /// `sqlite::memory:`).
+    /// `sqlite::memory:`). PostgreSQL stores use one more, outside the pool, for `LISTEN`.
     pub max_connections: Option<u32>,
-    /// How long to wait for a connection (default 10 s).
+    /// How long `connect` may take to reach the database, and how long a statement waits for
+    /// a free connection (default 10 s).
     pub connect_timeout: Duration,
 }
 
@@ -149,6 +157,28 @@ impl Default for StoreOptions {
     }
 }
 
+/// The stores of queues opened from a URL in this process, by URL and settings: queues on one
+/// database share one pool (and on PostgreSQL one `LISTEN` connection).
+type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>;
+
+#[derive(Default)]
+struct Shared {
+    store: Option<SqlStore>,
+    users: usize,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn registry_key(url: &str, options: &StoreOptions) -> String {
+    format!(
+        "{url}\n{:?}\n{:?}",
+        options.max_connections, options.connect_timeout
+    )
+}
+
 impl SqlStore {
     /// Connects to the database `url` (`sqlite://PATH`, `sqlite::memory:`, `postgres://...`,
     /// `mysql://...`) and creates or checks the schema.
@@ -156,7 +186,8 @@ impl SqlStore {
     /// # Errors
     ///
     /// [`ErrorKind::Config`] for a URL of another scheme or a schema newer than this crate,
-    /// [`ErrorKind::Connection`] if the database cannot be reached.
+    /// [`ErrorKind::Connection`] if the database cannot be reached, saying why (refused, timed
+    /// out, authentication failed, too many connections).
     ///
     /// # Cancel safety
     ///
@@ -177,21 +208,24 @@ impl SqlStore {
     /// As [`connect`](Self::connect).
     pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self> {
         let redacted = redact_uri(url);
-        let scheme = url
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let config_error = |e: sqlx::Error| {
-            Error::config(
+        let Some(dialect) = Dialect::from_url(url).filter(|d| enabled(*d)) else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(Error::config(
                 "uri",
-                format!("{redacted:?} is not a valid database URL: {e}"),
-            )
-            .with_backend(BACKEND)
+                format!(
+                    "no SQL dialect for scheme `{scheme}` (enabled: {})",
+                    enabled_schemes()
+                ),
+            ));
         };
-        let pool = match scheme.as_str() {
+        let backend = dialect.name();
+        let config_error = |e: sqlx::Error| {
+            Error::config("uri", format!("not a valid {backend} URL: {e}")).with_backend(backend)
+        };
+        let timeout = options.connect_timeout;
+        let pool = match dialect {
             #[cfg(feature = "sqlite")]
-            "sqlite" => {
+            Dialect::Sqlite => {
                 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
                 let in_memory = url.contains(":memory:") || url.contains("mode=memory");
                 let mut connect = SqliteConnectOptions::from_str(url)
@@ -212,26 +246,17 @@ impl SqlStore {
                 } else {
                     pool_options(4, options)
                 };
-                Pool::Sqlite(
-                    pool_options
-                        .connect_with(connect)
-                        .await
-                        .map_err(|e| connection_error(e, &redacted))?,
-                )
+                Pool::Sqlite(open_pool(pool_options, connect, timeout, backend, &redacted).await?)
             }
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => {
+            Dialect::Postgres => {
                 let connect =
                     sqlx::postgres::PgConnectOptions::from_str(url).map_err(config_error)?;
-                Pool::Postgres(
-                    pool_options(10, options)
-                        .connect_with(connect)
-                        .await
-                        .map_err(|e| connection_error(e, &redacted))?,
-                )
+                let pool_options = pool_options(10, options);
+                Pool::Postgres(open_pool(pool_options, connect, timeout, backend, &redacted).await?)
             }
             #[cfg(feature = "mysql")]
-            "mysql" | "mariadb" => {
+            Dialect::MySql => {
                 let url = url.replacen("mariadb:", "mysql:", 1);
                 let connect =
                     sqlx::mysql::MySqlConnectOptions::from_str(&url).map_err(config_error)?;
@@ -245,31 +270,10 @@ impl SqlStore {
                             .map(drop)
                     })
                 });
-                Pool::MySql(
-                    pool_options
-                        .connect_with(connect)
-                        .await
-                        .map_err(|e| connection_error(e, &redacted))?,
-                )
+                Pool::MySql(open_pool(pool_options, connect, timeout, backend, &redacted).await?)
             }
-            other => {
-                return Err(Error::config(
-                    "uri",
-                    format!(
-                        "no SQL dialect for scheme `{other}` in {redacted:?} (enabled: {})",
-                        enabled_schemes()
-                    ),
-                )
-                .with_backend(BACKEND));
-            }
-        };
-        let dialect = match &pool {
-            #[cfg(feature = "sqlite")]
-            Pool::Sqlite(_) => Dialect::Sqlite,
-            #[cfg(feature = "postgres")]
-            Pool::Postgres(_) => Dialect::Postgres,
-            #[cfg(feature = "mysql")]
-            Pool::MySql(_) => Dialect::MySql,
+            #[allow(unreachable_patterns)] // with every feature
+            _ => unreachable!("`enabled` filtered the dialects out"),
         };
         let store = SqlStore {
             inner: Arc::new(StoreInner {
@@ -281,8 +285,42 @@ impl SqlStore {
             }),
         };
         store.migrate().await?;
-        store.start_listener().await?;
+        store.start_listener(options).await?;
         Ok(store)
+    }
+
+    /// The store of `url` shared by the queues of this process that opened it: connects on the
+    /// first call, and counts the users until [`release_shared`](Self::release_shared).
+    pub(crate) async fn acquire_shared(url: &str, options: &StoreOptions) -> Result<Self> {
+        let key = registry_key(url, options);
+        let slot = registry().lock().entry(key).or_default().clone();
+        let mut shared = slot.lock().await;
+        let store = match &shared.store {
+            Some(store) => store.clone(),
+            None => {
+                let store = Self::connect_with(url, options).await?;
+                shared.store = Some(store.clone());
+                store
+            }
+        };
+        shared.users += 1;
+        Ok(store)
+    }
+
+    /// One user of a [shared](Self::acquire_shared) store is done with it; the last one
+    /// closes it.
+    pub(crate) async fn release_shared(url: &str, options: &StoreOptions) {
+        let key = registry_key(url, options);
+        let Some(slot) = registry().lock().get(&key).cloned() else {
+            return;
+        };
+        let mut shared = slot.lock().await;
+        shared.users = shared.users.saturating_sub(1);
+        if shared.users == 0 {
+            if let Some(store) = shared.store.take() {
+                store.close().await;
+            }
+        }
     }
 
     /// The database's dialect.
@@ -290,37 +328,53 @@ impl SqlStore {
         self.inner.sql.dialect
     }
 
-    /// Closes the pool (queues built on this store then fail with `Connection` errors).
+    /// The backend name errors carry: `sqlite`, `postgres` or `mysql`.
+    pub fn backend(&self) -> &'static str {
+        self.dialect().name()
+    }
+
+    /// Closes the pool and, on PostgreSQL, the `LISTEN` connection (queues built on this store
+    /// then fail with `Connection` errors).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the pool is closed at once; dropping the future only stops waiting for
     /// connections in use to come back.
     pub async fn close(&self) {
+        let listener = self.inner.listener.lock().take();
+        if let Some(listener) = listener {
+            listener.task.abort();
+            #[cfg(feature = "postgres")]
+            listener.connection.close().await;
+        }
         on_pool!(self.inner, pool => pool.close().await);
     }
 
+    /// A statement failed: the courier error, tagged with this store's backend.
+    fn fail(&self, e: sqlx::Error) -> Error {
+        sql_error(e).with_backend(self.backend())
+    }
     /// Creates the schema if it is missing; refuses a newer one.
     async fn migrate(&self) -> Result<()> {
         let sql = &self.inner.sql;
         let version: Option<i32> = on_pool!(self.inner, pool => {
-            let mut tx = pool.begin().await.map_err(sql_error)?;
+            let mut tx = pool.begin().await.map_err(|e| self.fail(e))?;
             if sql.dialect == Dialect::Postgres {
                 // Concurrent CREATE TABLE IF NOT EXISTS can fail on Postgres: serialize them.
-                sqlx::query("SELECT pg_advisory_xact_lock(7420100)").execute(&mut *tx).await.map_err(sql_error)?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7420100)").execute(&mut *tx).await.map_err(|e| self.fail(e))?;
             }
             for ddl in &sql.schema {
-                sqlx::query(ddl).execute(&mut *tx).await.map_err(sql_error)?;
+                sqlx::query(ddl).execute(&mut *tx).await.map_err(|e| self.fail(e))?;
             }
             let version: Option<i32> = sqlx::query(&sql.schema_version)
                 .fetch_one(&mut *tx)
                 .await
                 .and_then(|row| row.try_get(0))
-                .map_err(sql_error)?;
+                .map_err(|e| self.fail(e))?;
             if version.is_none() {
-                sqlx::query(&sql.insert_version).bind(SCHEMA_VERSION).execute(&mut *tx).await.map_err(sql_error)?;
+                sqlx::query(&sql.insert_version).bind(SCHEMA_VERSION).execute(&mut *tx).await.map_err(|e| self.fail(e))?;
             }
-            tx.commit().await.map_err(sql_error)?;
+            tx.commit().await.map_err(|e| self.fail(e))?;
             version
         });
         match version {
@@ -331,44 +385,77 @@ impl SqlStore {
                     self.inner.redacted
                 ),
             )
-            .with_backend(BACKEND)),
+            .with_backend(self.backend())),
             _ => Ok(()),
         }
     }
 
-    /// Postgres: forwards `NOTIFY courier, '<queue>'` from other processes to local receivers.
-    async fn start_listener(&self) -> Result<()> {
+    /// PostgreSQL: forwards `NOTIFY courier, '<queue>'` from other processes to local
+    /// receivers, on a connection of its own (never one of the pool's). When the connection
+    /// breaks it reconnects with [`Backoff`]; receivers poll meanwhile, and all of them are woken
+    /// once it is back.
+    #[cfg_attr(
+        not(feature = "postgres"),
+        allow(clippy::unused_async, unused_variables)
+    )]
+    async fn start_listener(&self, options: &StoreOptions) -> Result<()> {
         #[cfg(feature = "postgres")]
         #[allow(irrefutable_let_patterns)] // with only the postgres feature
         if let Pool::Postgres(pool) = &self.inner.pool {
-            let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+            let connection = sqlx::pool::PoolOptions::<sqlx::Postgres>::new()
+                .max_connections(1)
+                .min_connections(0)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(options.connect_timeout)
+                .connect_lazy_with(pool.connect_options().as_ref().clone());
+            let mut listener = sqlx::postgres::PgListener::connect_with(&connection)
                 .await
-                .map_err(sql_error)?;
-            listener.listen("courier").await.map_err(sql_error)?;
+                .map_err(|e| self.fail(e))?;
+            listener.listen("courier").await.map_err(|e| self.fail(e))?;
             let weak = Arc::downgrade(&self.inner);
+            let redacted = self.inner.redacted.clone();
             let task = tokio::spawn(async move {
+                let mut backoff = Backoff::reconnect();
+                let mut lost = false;
                 loop {
                     let notification = listener.recv().await;
                     let Some(inner) = weak.upgrade() else { return };
                     match notification {
                         Ok(n) => {
-                            let notify = inner.notifiers.lock().get(n.payload()).cloned();
-                            if let Some(notify) = notify {
+                            let woken: Vec<Arc<Notify>> = if lost {
+                                // Back after an outage: whatever was sent meanwhile is ready.
+                                lost = false;
+                                backoff.reset();
+                                tracing::info!(database = %redacted, "courier LISTEN connection restored");
+                                inner.notifiers.lock().values().cloned().collect()
+                            } else {
+                                inner
+                                    .notifiers
+                                    .lock()
+                                    .get(n.payload())
+                                    .cloned()
+                                    .into_iter()
+                                    .collect()
+                            };
+                            for notify in woken {
                                 notify.notify_waiters();
                             }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "courier LISTEN connection lost; receivers poll until it is back");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            drop(inner);
+                            lost = true;
+                            let pause = backoff.next_delay();
+                            tracing::warn!(database = %redacted, error = %e, retry_in = ?pause, "courier LISTEN connection lost; receivers poll until it is back");
+                            tokio::time::sleep(pause).await;
                         }
                     }
                 }
             });
-            *self.inner.listener.lock() = Some(task);
+            *self.inner.listener.lock() = Some(Listener { task, connection });
         }
         Ok(())
     }
-
     /// The notifier of `queue` in this process.
     pub(crate) fn notifier(&self, queue: &str) -> Arc<Notify> {
         self.inner
@@ -399,7 +486,7 @@ impl SqlStore {
                 .bind(&envelope.message[..])
                 .execute(pool)
                 .await
-                .map_err(|e| sql_error(e).with_queue(queue))?;
+                .map_err(|e| self.fail(e).with_queue(queue))?;
         });
         self.wake(queue);
         Ok(())
@@ -416,8 +503,8 @@ impl SqlStore {
         let sql = &self.inner.sql;
         let row = on_pool!(self.inner, pool => {
             if sql.dialect == Dialect::MySql {
-                let mut tx = pool.begin().await.map_err(|e| sql_error(e).with_queue(queue))?;
-                let row = sqlx::query(&sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.map_err(|e| sql_error(e).with_queue(queue))?;
+                let mut tx = pool.begin().await.map_err(|e| self.fail(e).with_queue(queue))?;
+                let row = sqlx::query(&sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.map_err(|e| self.fail(e).with_queue(queue))?;
                 let row = match row {
                     Some(row) => {
                         let mut stored = decode_row!(&row);
@@ -427,14 +514,14 @@ impl SqlStore {
                             .bind(stored.id)
                             .execute(&mut *tx)
                             .await
-                            .map_err(|e| sql_error(e).with_queue(queue))?;
+                            .map_err(|e| self.fail(e).with_queue(queue))?;
                         stored.deliveries += 1;
                         stored.lock_token = Some(token);
                         Some(stored)
                     }
                     None => None,
                 };
-                tx.commit().await.map_err(|e| sql_error(e).with_queue(queue))?;
+                tx.commit().await.map_err(|e| self.fail(e).with_queue(queue))?;
                 row
             } else {
                 let row = sqlx::query(&sql.claim)
@@ -444,7 +531,7 @@ impl SqlStore {
                     .bind(now)
                     .fetch_optional(pool)
                     .await
-                    .map_err(|e| sql_error(e).with_queue(queue))?;
+                    .map_err(|e| self.fail(e).with_queue(queue))?;
                 match row {
                     Some(row) => Some(decode_row!(&row)),
                     None => None,
@@ -471,9 +558,21 @@ impl SqlStore {
         Ok(released)
     }
 
+    /// Gives back a claim no caller was handed (a cancelled receive), uncounting its
+    /// delivery; `false` if the lock is not held.
+    pub(crate) async fn unclaim(&self, queue: &str, id: i64, token: i64) -> Result<bool> {
+        let released = self
+            .update_locked(&self.inner.sql.unclaim, queue, id, token)
+            .await?;
+        if released {
+            self.wake(queue);
+        }
+        Ok(released)
+    }
+
     async fn update_locked(&self, sql: &str, queue: &str, id: i64, token: i64) -> Result<bool> {
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(sql).bind(id).bind(token).bind(queue).execute(pool).await.map_err(|e| sql_error(e).with_queue(queue))?.rows_affected()
+            sqlx::query(sql).bind(id).bind(token).bind(queue).execute(pool).await.map_err(|e| self.fail(e).with_queue(queue))?.rows_affected()
         });
         Ok(affected > 0)
     }
@@ -497,7 +596,7 @@ impl SqlStore {
                 .bind(now)
                 .execute(pool)
                 .await
-                .map_err(|e| sql_error(e).with_queue(queue))?
+                .map_err(|e| self.fail(e).with_queue(queue))?
                 .rows_affected()
         });
         Ok(affected > 0)
@@ -521,7 +620,7 @@ impl SqlStore {
                 .bind(queue)
                 .execute(pool)
                 .await
-                .map_err(|e| sql_error(e).with_queue(queue))?
+                .map_err(|e| self.fail(e).with_queue(queue))?
                 .rows_affected()
         });
         if affected > 0 {
@@ -533,7 +632,7 @@ impl SqlStore {
     pub(crate) async fn count(&self, queue: &str, now: i64) -> Result<usize> {
         let sql = &self.inner.sql;
         let count: i64 = on_pool!(self.inner, pool => {
-            sqlx::query(&sql.count).bind(queue).bind(now).fetch_one(pool).await.and_then(|r| r.try_get(0)).map_err(|e| sql_error(e).with_queue(queue))?
+            sqlx::query(&sql.count).bind(queue).bind(now).fetch_one(pool).await.and_then(|r| r.try_get(0)).map_err(|e| self.fail(e).with_queue(queue))?
         });
         Ok(usize::try_from(count).unwrap_or(0))
     }
@@ -542,7 +641,7 @@ impl SqlStore {
         let sql = &self.inner.sql;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = on_pool!(self.inner, pool => {
-            let rows = sqlx::query(&sql.peek).bind(queue).bind(now).bind(limit).fetch_all(pool).await.map_err(|e| sql_error(e).with_queue(queue))?;
+            let rows = sqlx::query(&sql.peek).bind(queue).bind(now).bind(limit).fetch_all(pool).await.map_err(|e| self.fail(e).with_queue(queue))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 out.push(decode_row!(row));
@@ -555,7 +654,7 @@ impl SqlStore {
     pub(crate) async fn clear(&self, queue: &str, now: i64) -> Result<u64> {
         let sql = &self.inner.sql;
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(&sql.clear).bind(queue).bind(now).execute(pool).await.map_err(|e| sql_error(e).with_queue(queue))?.rows_affected()
+            sqlx::query(&sql.clear).bind(queue).bind(now).execute(pool).await.map_err(|e| self.fail(e).with_queue(queue))?.rows_affected()
         });
         Ok(affected)
     }
@@ -564,7 +663,7 @@ impl SqlStore {
     #[doc(hidden)]
     pub async fn execute_raw(&self, statement: &str) -> Result<u64> {
         let affected = on_pool!(self.inner, pool => {
-            sqlx::query(statement).execute(pool).await.map_err(sql_error)?.rows_affected()
+            sqlx::query(statement).execute(pool).await.map_err(|e| self.fail(e))?.rows_affected()
         });
         Ok(affected)
     }
@@ -579,28 +678,92 @@ fn pool_options<DB: sqlx::Database>(
         .acquire_timeout(options.connect_timeout)
 }
 
-fn enabled_schemes() -> String {
-    let mut schemes = Vec::new();
-    if cfg!(feature = "sqlite") {
-        schemes.push("sqlite");
+/// Opens a pool after one direct connection: a pool that cannot connect only says that it
+/// timed out, while the direct connection says why (refused, authentication...), at once.
+async fn open_pool<DB: sqlx::Database>(
+    pool_options: sqlx::pool::PoolOptions<DB>,
+    connect: <DB::Connection as sqlx::Connection>::Options,
+    timeout: Duration,
+    backend: &'static str,
+    redacted: &str,
+) -> Result<sqlx::Pool<DB>> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    match tokio::time::timeout(timeout, connect.connect()).await {
+        Err(_) => {
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "cannot connect to {redacted}: no answer within {timeout:?} (connect_timeout)"
+                ),
+            )
+            .with_backend(backend));
+        }
+        Ok(Err(e)) => return Err(connection_error(e, backend, redacted)),
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+        }
     }
-    if cfg!(feature = "postgres") {
-        schemes.push("postgres");
-    }
-    if cfg!(feature = "mysql") {
-        schemes.push("mysql");
-    }
-    schemes.join(", ")
+    pool_options
+        .connect_with(connect)
+        .await
+        .map_err(|e| connection_error(e, backend, redacted))
 }
 
-fn connection_error(e: sqlx::Error, redacted: &str) -> Error {
-    let kind = match &e {
-        sqlx::Error::Configuration(_) => ErrorKind::Config,
-        sqlx::Error::Database(_) => ErrorKind::Backend,
-        _ => ErrorKind::Connection,
+fn enabled(dialect: Dialect) -> bool {
+    match dialect {
+        Dialect::Sqlite => cfg!(feature = "sqlite"),
+        Dialect::Postgres => cfg!(feature = "postgres"),
+        Dialect::MySql => cfg!(feature = "mysql"),
+    }
+}
+
+fn enabled_schemes() -> String {
+    [Dialect::Sqlite, Dialect::Postgres, Dialect::MySql]
+        .into_iter()
+        .filter(|d| enabled(*d))
+        .map(Dialect::name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A failed connect, saying why: refused, timed out, authentication failed, too many
+/// connections, no such database.
+fn connection_error(e: sqlx::Error, backend: &'static str, redacted: &str) -> Error {
+    let (kind, cause) = match &e {
+        sqlx::Error::Configuration(_) => (ErrorKind::Config, format!("invalid settings: {e}")),
+        sqlx::Error::Io(io) => (
+            ErrorKind::Connection,
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (is the server running, on this port?)".to_owned()
+                }
+                std::io::ErrorKind::TimedOut => "timed out".to_owned(),
+                _ => io.to_string(),
+            },
+        ),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let message = db.message();
+            let cause = match code.as_ref() {
+                "28P01" | "28000" => "authentication failed",
+                "53300" | "08004" => "too many connections",
+                "3D000" | "42000" if message.contains("database") => "no such database",
+                _ if message.contains("Access denied") => "authentication failed",
+                _ if message.contains("Too many connections") => "too many connections",
+                _ => "",
+            };
+            let cause = if cause.is_empty() {
+                message.to_owned()
+            } else {
+                format!("{cause}: {message}")
+            };
+            (ErrorKind::Connection, cause)
+        }
+        sqlx::Error::PoolTimedOut => (ErrorKind::Connection, "timed out".to_owned()),
+        _ => (ErrorKind::Connection, e.to_string()),
     };
-    Error::new(kind, format!("cannot connect to {redacted:?}: {e}"))
-        .with_backend(BACKEND)
+    Error::new(kind, format!("cannot connect to {redacted}: {cause}"))
+        .with_backend(backend)
         .with_source(e)
 }
 
@@ -617,7 +780,5 @@ pub(crate) fn sql_error(e: sqlx::Error) -> Error {
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => ErrorKind::InvalidMessage,
         _ => ErrorKind::Backend,
     };
-    Error::new(kind, e.to_string())
-        .with_backend(BACKEND)
-        .with_source(e)
+    Error::new(kind, e.to_string()).with_source(e)
 }

@@ -134,7 +134,8 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
 #[tokio::test]
 async fn unreachable_database_is_a_connection_error_without_the_password() {
     let config =
-        courier_core::config_from_uri("postgres://app:s3cr3tpw@127.0.0.1:1/db?queue=q").unwrap();
+        courier_core::backend::config_from_uri("postgres://app:s3cr3tpw@127.0.0.1:1/db?queue=q")
+            .unwrap();
     let queue = SqlMessageQueue::from_uri_config(&config).unwrap();
     let err = queue.open(None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");

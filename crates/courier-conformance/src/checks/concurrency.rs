@@ -104,3 +104,51 @@ pub async fn receive_is_cancel_safe<H: Harness>(h: &H) {
     assert!(cancelled > 0, "no receive was cancelled");
     assert_exactly_once(&got, &sent);
 }
+
+/// Receives cancelled after their first poll (`select!`, `timeout`) use up no delivery: with
+/// `max_deliveries=1` the message is still delivered, as its first delivery, and the
+/// dead-letter queue stays empty, both when the next receive comes at once and when it comes
+/// after the cancelled claim was given back.
+pub async fn cancelled_receive_uses_no_delivery<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[("max_deliveries", "1"), ("lock_timeout", "1000")]).await;
+    for pause in [Duration::ZERO, Duration::from_millis(1500)] {
+        let ids = super::send_numbered(&q, 1).await;
+        super::await_count(&q, 1).await;
+        let mut direct = None;
+        for _ in 0..5 {
+            match tokio::time::timeout(Duration::ZERO, q.receive(None, Duration::from_millis(200)))
+                .await
+            {
+                Ok(received) => {
+                    direct = received.expect("receive");
+                    if direct.is_some() {
+                        break;
+                    }
+                }
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        tokio::time::sleep(pause).await;
+        let m = match direct {
+            Some(m) => m,
+            None => q.must_receive().await,
+        };
+        assert_eq!(m.message_id, ids[0]);
+        assert_eq!(
+            m.delivery_count(),
+            1,
+            "cancelled receives used up deliveries"
+        );
+        q.complete(&m).await.expect("complete");
+    }
+    if h.features().max_deliveries {
+        let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
+        assert!(
+            dlq.receive(None, Duration::from_millis(100))
+                .await
+                .expect("receive")
+                .is_none(),
+            "a message nobody was given went to the dead-letter queue"
+        );
+    }
+}

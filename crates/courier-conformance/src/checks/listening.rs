@@ -255,3 +255,130 @@ pub async fn end_listen_before_the_loop_starts<H: Harness>(h: &H) {
     assert_eq!(receiver.message_count(), 0);
     assert_eq!(q.must_receive().await.message_id, ids[0]);
 }
+
+/// A receiver that always fails.
+#[derive(Default)]
+struct FailingReceiver {
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl MessageReceiver for FailingReceiver {
+    async fn receive_message(
+        &self,
+        _envelope: &MessageEnvelope,
+        _queue: &dyn MessageQueue,
+    ) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(Error::new(ErrorKind::Backend, "this receiver always fails"))
+    }
+}
+
+/// A receiver that always fails gets its message back after a growing delay, not at once
+/// (100 ms, 200 ms, 400 ms, ... by default), and `end_listen` cuts the wait short: the message
+/// is given back at once and stays in the queue.
+pub async fn failing_receiver_backs_off<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[("lock_timeout", "5000")]).await;
+    if !q.capabilities().can_abandon() {
+        return;
+    }
+    let receiver = Arc::new(FailingReceiver::default());
+    let handle = q.queue.begin_listen(None, receiver.clone());
+    let ids = send_numbered(&q, 1).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let calls = receiver.calls.load(Ordering::SeqCst);
+    // 0, 100, 300, 700 ms: four deliveries in the first second (five with slow clocks).
+    assert!(
+        (2..=6).contains(&calls),
+        "a failing receiver was called {calls} times in one second"
+    );
+    let stopped = tokio::time::Instant::now();
+    q.end_listen(None);
+    handle.join().await.expect("listen");
+    assert!(
+        stopped.elapsed() < Duration::from_millis(700),
+        "end_listen waited out the redelivery delay ({:?})",
+        stopped.elapsed()
+    );
+    let m = q.must_receive().await;
+    assert_eq!(m.message_id, ids[0]);
+    assert!(
+        m.delivery_count() as usize > calls,
+        "delivery count {} after {calls} failed deliveries",
+        m.delivery_count()
+    );
+}
+
+/// With no redelivery delay, a receiver that always fails makes the loop run as fast as the
+/// queue allows, and it still never starves the runtime: on a current-thread runtime this
+/// check's own timer fires and `end_listen` stops the loop.
+pub async fn failing_receiver_does_not_starve_the_runtime<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[("redelivery_delay", "0")]).await;
+    let receiver = Arc::new(FailingReceiver::default());
+    let handle = q.queue.begin_listen(None, receiver.clone());
+    send_numbered(&q, 1).await;
+    let ticker = tokio::spawn(async {
+        let mut ticks = 0u32;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            ticks += 1;
+        }
+        ticks
+    });
+    let ticks = tokio::time::timeout(WAIT, ticker)
+        .await
+        .expect("another task never ran while the loop spun")
+        .expect("ticker");
+    assert_eq!(ticks, 10);
+    q.end_listen(None);
+    tokio::time::timeout(WAIT, handle.join())
+        .await
+        .expect("end_listen did not stop a spinning loop")
+        .expect("listen");
+    assert!(receiver.calls.load(Ordering::SeqCst) >= 1);
+}
+
+/// `close` right after `begin_listen` and a send, while the loop's receive may be in flight:
+/// the message was either handled, or it is still in the queue with no delivery used up (with
+/// `max_deliveries=1` it would otherwise go to the dead-letter queue unseen).
+pub async fn close_during_receive_uses_no_delivery<H: Harness>(h: &H) {
+    let name = crate::unique_name("conf");
+    let options = [("max_deliveries", "1"), ("lock_timeout", "2000")];
+    let mut handled = 0;
+    for round in 0..5 {
+        let q = TestQueue::open_named(h, &name, &options).await;
+        let receiver = Arc::new(TestMessageReceiver::new());
+        let handle = q.queue.begin_listen(None, receiver.clone());
+        send_numbered(&q, 1).await;
+        if round % 2 == 1 {
+            tokio::task::yield_now().await;
+        }
+        q.close(None).await.expect("close");
+        handle.join().await.expect("listen");
+        handled += receiver.message_count();
+    }
+    let q = TestQueue::open_named(h, &name, &options).await;
+    let mut left = 0;
+    if h.features().survives_reopen {
+        while let Some(m) = q
+            .receive(None, Duration::from_millis(300))
+            .await
+            .expect("receive")
+        {
+            assert_eq!(m.delivery_count(), 1, "a delivery was used up by close");
+            q.complete(&m).await.expect("complete");
+            left += 1;
+        }
+        assert_eq!(handled + left, 5, "messages were lost");
+    }
+    if h.features().max_deliveries {
+        let dlq = TestQueue::open_named(h, &format!("{name}.dlq"), &[]).await;
+        assert!(
+            dlq.receive(None, Duration::from_millis(100))
+                .await
+                .expect("receive")
+                .is_none(),
+            "close sent a message nobody was given to the dead-letter queue"
+        );
+    }
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{LockToken, LockedMessage, MessageEnvelope};
+use crate::MessageEnvelope;
+use crate::backend::{LockToken, LockedMessage};
 
 /// What a memory queue's lock token holds: the queue's id and the lock's number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +107,7 @@ impl Locks {
     pub(super) fn expire(
         &mut self,
         now: Instant,
-        max_deliveries: Option<u32>,
+        spent: impl Fn(u32) -> bool,
         requeue: &mut Vec<MessageEnvelope>,
         dead: &mut Vec<MessageEnvelope>,
     ) {
@@ -120,7 +121,7 @@ impl Locks {
                 .get(&token)
                 .is_some_and(|l| Instant::from_std(l.expiration_time) == at);
             if current {
-                match self.release(token, max_deliveries) {
+                match self.release(token, &spent) {
                     Released::Requeue(envelope) => requeue.push(envelope),
                     Released::Dead(envelope) => dead.push(envelope),
                     Released::Unknown => {}
@@ -135,9 +136,11 @@ impl Locks {
         let Some(locked) = self.locked.get_mut(&token) else {
             return false;
         };
-        let expires = crate::deadline_after(now, lock_timeout);
+        let expires = crate::backend::deadline_after(now, lock_timeout);
         locked.expiration_time = expires.into_std();
         self.deadlines.push(Reverse((expires, token)));
+        // The entry it replaces is stale now: renewing in a loop must not grow the heap.
+        self.compact();
         true
     }
 
@@ -152,13 +155,13 @@ impl Locks {
 
     /// Releases the lock: its message is to be requeued, or is dead if it reached
     /// `max_deliveries`.
-    pub(super) fn release(&mut self, token: u64, max_deliveries: Option<u32>) -> Released {
+    pub(super) fn release(&mut self, token: u64, spent: impl Fn(u32) -> bool) -> Released {
         let Some(locked) = self.locked.remove(&token) else {
             return Released::Unknown;
         };
         locked.token.settle();
         let mut envelope = locked.message;
-        if max_deliveries.is_some_and(|max| envelope.delivery_count() >= max) {
+        if spent(envelope.delivery_count()) {
             return Released::Dead(without_delivery(envelope));
         }
         envelope.set_lock_token(None);
@@ -192,6 +195,10 @@ mod tests {
         MessageEnvelope::new(None, "t", text.to_owned())
     }
 
+    fn spent(max: Option<u32>) -> impl Fn(u32) -> bool {
+        move |count| max.is_some_and(|max| count >= max)
+    }
+
     fn take(
         locks: &mut Locks,
         e: MessageEnvelope,
@@ -209,7 +216,7 @@ mod tests {
         max: Option<u32>,
     ) -> (Vec<MessageEnvelope>, Vec<MessageEnvelope>) {
         let (mut requeue, mut dead) = (Vec::new(), Vec::new());
-        locks.expire(now, max, &mut requeue, &mut dead);
+        locks.expire(now, spent(max), &mut requeue, &mut dead);
         (requeue, dead)
     }
 
@@ -268,20 +275,35 @@ mod tests {
         let mut locks = Locks::default();
         let t0 = Instant::now();
         let first = take(&mut locks, env("a"), 0, t0);
-        let Released::Requeue(again) = locks.release(0, Some(2)) else {
+        let Released::Requeue(again) = locks.release(0, spent(Some(2))) else {
             panic!("first release requeues");
         };
         assert!(first.lock_token().is_none());
         let second = take(&mut locks, again, 1, t0);
         assert_eq!(second.delivery_count(), 2);
-        match locks.release(1, Some(2)) {
+        match locks.release(1, spent(Some(2))) {
             Released::Dead(e) => {
                 assert_eq!(e.message_id, first.message_id);
                 assert_eq!(e.delivery_count(), 0);
             }
             other => panic!("expected dead, got {other:?}"),
         }
-        assert!(matches!(locks.release(1, Some(2)), Released::Unknown));
+        assert!(matches!(
+            locks.release(1, spent(Some(2))),
+            Released::Unknown
+        ));
+    }
+
+    #[test]
+    fn renewing_in_a_loop_does_not_grow_the_heap() {
+        let mut locks = Locks::default();
+        let t0 = Instant::now();
+        take(&mut locks, env("a"), 1, t0 + Duration::from_secs(1));
+        for i in 0..10_000u64 {
+            assert!(locks.renew(1, t0 + Duration::from_millis(i), Duration::from_secs(30)));
+        }
+        assert!(locks.deadlines.len() <= 67, "{}", locks.deadlines.len());
+        assert!(locks.is_locked(1));
     }
 
     #[test]

@@ -12,9 +12,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::backend::{ListenControl, QueueBase, Settled, deadline_after};
 use crate::{
-    ConfigParams, ListenControl, MessageEnvelope, MessageQueue, MessageReceiver,
-    MessagingCapabilities, QueueBase, QueueOptions, Result, Settled, deadline_after,
+    ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities,
+    QueueOptions, Result,
 };
 
 mod locks;
@@ -83,7 +84,9 @@ struct Inner {
     ready: Mutex<VecDeque<MessageEnvelope>>,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
-    /// Bounded queues: messages taken from `ready` and not yet in `locks`.
+    /// Bounded queues: messages between `ready` and `locks` (taken and not yet locked, or
+    /// released and not yet ready again). Changed under the mutex of the side they leave or
+    /// join, and read under both, so a bounded send always counts every message once.
     in_transit: AtomicUsize,
     /// When the queue was made: the origin of `earliest_deadline`.
     epoch: Instant,
@@ -213,11 +216,27 @@ impl MemoryMessageQueue {
         let (mut requeue, mut dead) = (Vec::new(), Vec::new());
         self.with_locks(|locks| {
             if locks.next_deadline().is_some_and(|at| at <= now) {
-                locks.expire(now, self.options().max_deliveries, &mut requeue, &mut dead);
+                locks.expire(now, |n| self.base().is_spent(n), &mut requeue, &mut dead);
+                self.leaving_locks(requeue.len() + dead.len());
             }
         });
         self.requeue(requeue.into_iter());
         self.bury(dead);
+    }
+
+    /// Bounded queues: `count` messages leave the lock table (call under its mutex); they
+    /// count as in transit until [`requeue`](Self::requeue) or [`bury`](Self::bury) lands them.
+    fn leaving_locks(&self, count: usize) {
+        if count > 0 && self.options().max_size.is_some() {
+            self.inner.in_transit.fetch_add(count, Ordering::AcqRel);
+        }
+    }
+
+    /// Bounded queues: `count` messages that left the lock table have landed.
+    fn landed(&self, count: usize) {
+        if count > 0 && self.options().max_size.is_some() {
+            self.inner.in_transit.fetch_sub(count, Ordering::AcqRel);
+        }
     }
 
     /// Runs `f` on the lock table, then publishes its earliest deadline.
@@ -239,25 +258,30 @@ impl MemoryMessageQueue {
         })
     }
 
-    /// Puts released messages back at the tail of the ready list.
+    /// Puts messages released from the lock table back at the tail of the ready list.
     fn requeue(&self, envelopes: impl ExactSizeIterator<Item = MessageEnvelope>) {
         let count = envelopes.len();
         if count == 0 {
             return;
         }
-        self.inner.ready.lock().extend(envelopes);
+        {
+            let mut ready = self.inner.ready.lock();
+            ready.extend(envelopes);
+            self.landed(count);
+        }
         for _ in 0..count {
             self.inner.arrived.notify_one();
         }
     }
 
-    /// Moves messages whose lock was released to the dead-letter queue.
+    /// Moves messages released from the lock table to the dead-letter queue.
     fn bury(&self, dead: Vec<MessageEnvelope>) {
         let count = dead.len();
         for envelope in dead {
             self.base().dead_lettered(&envelope);
             self.dead_letter_queue().push_incoming(envelope);
         }
+        self.landed(count);
         self.freed(count);
     }
 
@@ -266,7 +290,8 @@ impl MemoryMessageQueue {
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
         envelope.set_delivery_count(0);
-        self.requeue(std::iter::once(envelope));
+        self.inner.ready.lock().push_back(envelope);
+        self.inner.arrived.notify_one();
     }
 
     /// Whether `message` holds a live lock of this queue.
@@ -308,10 +333,12 @@ impl MemoryMessageQueue {
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         let expires = deadline_after(now, self.options().lock_timeout);
         let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
-        self.with_locks(|locks| locks.insert(token, locked));
-        if bounded {
-            self.inner.in_transit.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.with_locks(|locks| {
+            locks.insert(token, locked);
+            if bounded {
+                self.inner.in_transit.fetch_sub(1, Ordering::AcqRel);
+            }
+        });
         Ok(Ok(envelope))
     }
 
@@ -356,8 +383,11 @@ impl MemoryMessageQueue {
             {
                 let mut ready = self.inner.ready.lock();
                 self.base().check_open()?;
-                let in_transit = self.inner.in_transit.load(Ordering::Acquire);
-                if ready.len() + in_transit + self.inner.locks.lock().len() < max_size {
+                let held = {
+                    let locks = self.inner.locks.lock();
+                    locks.len() + self.inner.in_transit.load(Ordering::Acquire)
+                };
+                if ready.len() + held < max_size {
                     self.base().sent(correlation_id, &envelope);
                     ready.push_back(envelope);
                     drop(ready);
@@ -429,19 +459,12 @@ impl MessageQueue for MemoryMessageQueue {
         Ok(self.ready_len())
     }
 
-    async fn send(
-        &self,
-        correlation_id: Option<&str>,
-        mut envelope: MessageEnvelope,
-    ) -> Result<()> {
-        envelope.sent_time = Some(chrono::Utc::now());
-        envelope.set_lock_token(None);
-        envelope.set_delivery_count(0);
+    async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
+        let envelope = self.base().prepare_send(envelope)?;
         if self.options().max_size.is_some() {
             // The waiting path is boxed so that the common, unbounded case stays a small future.
             return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
-        self.base().check_open()?;
         self.base().sent(correlation_id, &envelope);
         self.inner.ready.lock().push_back(envelope);
         self.signal_sent();
@@ -527,8 +550,13 @@ impl MessageQueue for MemoryMessageQueue {
             return Ok(());
         };
         self.release_expired(Instant::now());
-        let max_deliveries = self.options().max_deliveries;
-        let released = self.with_locks(|locks| locks.release(token, max_deliveries));
+        let released = self.with_locks(|locks| {
+            let released = locks.release(token, |n| self.base().is_spent(n));
+            if !matches!(released, Released::Unknown) {
+                self.leaving_locks(1);
+            }
+            released
+        });
         match released {
             Released::Requeue(envelope) => {
                 self.base().settled(Settled::Abandoned, message);
@@ -544,7 +572,11 @@ impl MessageQueue for MemoryMessageQueue {
         self.base().check_open()?;
         if let Some(token) = self.lock_of(message) {
             self.release_expired(Instant::now());
-            let removed = self.with_locks(|locks| locks.remove(token));
+            let removed = self.with_locks(|locks| {
+                let removed = locks.remove(token);
+                self.leaving_locks(usize::from(removed.is_some()));
+                removed
+            });
             if let Some(envelope) = removed {
                 self.bury(vec![envelope]);
             }
@@ -561,7 +593,7 @@ impl MessageQueue for MemoryMessageQueue {
     }
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
-        self.base().listen_control().end_listen();
+        self.base().end_listen();
     }
 
     fn listen_control(&self) -> Option<&ListenControl> {

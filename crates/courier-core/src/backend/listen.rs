@@ -1,50 +1,83 @@
-//! The `listen` loop every backend shares, and [`ListenControl`] that stops it.
+//! The one `listen` loop every backend runs, and [`ListenControl`], which stops it.
 //!
-//! A backend's [`MessageQueue::listen`] calls [`QueueBase::listen`](crate::QueueBase::listen),
-//! which runs [`run_listener`] over the backend's own `receive`, `complete` and `abandon`.
+//! A backend's [`MessageQueue::listen`] calls [`QueueBase::listen`](super::QueueBase::listen),
+//! which runs [`run_listener`] over the backend's own `receive`, `complete` and `abandon`. The
+//! loop is the same whether the backend pulls (SQL) or is pushed to (the push layer feeds
+//! `receive` from its buffer), so every backend has the same completion, concurrency, backoff
+//! and drain rules.
+//!
+//! # Stopping
+//!
+//! Each [`ListenControl`] holds a [`CancellationToken`] for the loops running now and a
+//! [`TaskTracker`] that counts them. [`end_listen`](ListenControl::end_listen) cancels the
+//! token and puts a fresh one in its place: loops started before stop, a loop started after
+//! runs. `clear` never touches it, so it can never resurrect a stopped loop.
+//!
+//! # Never starving the runtime
+//!
+//! Every turn of the loop takes part in Tokio's cooperative budget
+//! ([`tokio::task::consume_budget`]), so a queue whose messages are always ready and a receiver
+//! that never waits still let other tasks run, also on a current-thread runtime. A receiver
+//! that fails makes its message wait [`QueueOptions::redelivery_delay`] (doubling with every
+//! delivery, up to [`QueueOptions::max_redelivery_delay`]) before it is given back.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::StreamExt as _;
 use futures::future::OptionFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::Notify;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::{ErrorKind, MessageEnvelope, MessageQueue, MessageReceiver, QueueOptions, Result};
+use super::retry::Backoff;
+use crate::{
+    Error, ErrorKind, MessageEnvelope, MessageQueue, MessageReceiver, QueueOptions, Result,
+};
+
+static NEXT_CONTROL: AtomicU64 = AtomicU64::new(1);
 
 /// Stops and tracks the `listen` loops of one queue.
-///
-/// `end_listen` bumps an epoch: every loop started before it stops, a loop started after it
-/// runs (so, unlike pip-services, `clear` can never resurrect a stopped loop: it does not touch
-/// this).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListenControl {
-    epoch: AtomicU64,
-    stop: Notify,
-    active: AtomicUsize,
-    idle: Notify,
+    id: u64,
+    /// Cancelled by `end_listen`, then replaced: the stop signal of the loops running now.
+    current: Mutex<CancellationToken>,
+    /// Counts the running loops, so that `close` can wait for them to drain.
+    running: TaskTracker,
+}
+
+impl Default for ListenControl {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ListenControl {
     /// A control with no loop running.
     pub fn new() -> Self {
-        Self::default()
+        ListenControl {
+            id: NEXT_CONTROL.fetch_add(1, Ordering::Relaxed),
+            current: Mutex::new(CancellationToken::new()),
+            running: TaskTracker::new(),
+        }
     }
 
-    /// Stops every loop running now.
+    /// Stops every loop running now (they drain and return); a loop started later runs.
     pub fn end_listen(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.stop.notify_waiters();
+        let stopped = std::mem::take(&mut *self.current.lock());
+        stopped.cancel();
     }
 
     /// How many loops are running.
     pub fn active(&self) -> usize {
-        self.active.load(Ordering::Acquire)
+        self.running.len()
     }
 
     /// Waits until no loop runs, at most `timeout`. Returns whether they all ended.
@@ -53,48 +86,41 @@ impl ListenControl {
     ///
     /// Cancel safe (it only waits).
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
-        let wait = async {
-            loop {
-                let idle = self.idle.notified();
-                tokio::pin!(idle);
-                idle.as_mut().enable();
-                if self.active() == 0 {
-                    return;
-                }
-                idle.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
+        self.running.close();
+        let idle = tokio::time::timeout(timeout, self.running.wait())
+            .await
+            .is_ok();
+        self.running.reopen();
+        idle
     }
 
-    /// What a loop started later must remember: this control and its epoch now. `begin_listen`
-    /// takes one before it spawns, so that an `end_listen` before the task first runs stops it.
+    /// The stop signal of a loop that starts later, taken now: `begin_listen` takes one
+    /// before it spawns, so that an `end_listen` before the task first runs stops it.
     pub fn ticket(&self) -> ListenTicket {
         ListenTicket {
-            control: std::ptr::from_ref(self) as usize,
-            epoch: self.epoch.load(Ordering::Acquire),
+            control: self.id,
+            stop: self.current.lock().clone(),
         }
     }
 
-    fn enter(&self) -> ListenGuard<'_> {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        let me = std::ptr::from_ref(self) as usize;
+    /// A loop starts: its stop signal (the ticket's, inside [`ListenTicket::scope`]) and its
+    /// place among the running loops.
+    fn enter(&self) -> (CancellationToken, TaskTrackerToken) {
+        let running = self.running.token();
         let ticketed = TICKET
-            .try_with(|t| (t.control == me).then_some(t.epoch))
+            .try_with(|t| (t.control == self.id).then(|| t.stop.clone()))
             .ok()
             .flatten();
-        ListenGuard {
-            control: self,
-            epoch: ticketed.unwrap_or_else(|| self.epoch.load(Ordering::Acquire)),
-        }
+        let stop = ticketed.unwrap_or_else(|| self.current.lock().clone());
+        (stop, running)
     }
 }
 
-/// A listen loop's start, taken before its task runs (see [`ListenControl::ticket`]).
-#[derive(Clone, Copy, Debug)]
+/// A listen loop's stop signal, taken before its task runs (see [`ListenControl::ticket`]).
+#[derive(Clone, Debug)]
 pub struct ListenTicket {
-    control: usize,
-    epoch: u64,
+    control: u64,
+    stop: CancellationToken,
 }
 
 impl ListenTicket {
@@ -112,41 +138,10 @@ tokio::task_local! {
     static TICKET: ListenTicket;
 }
 
-struct ListenGuard<'a> {
-    control: &'a ListenControl,
-    epoch: u64,
-}
-
-impl ListenGuard<'_> {
-    fn is_stopped(&self) -> bool {
-        self.control.epoch.load(Ordering::Acquire) != self.epoch
-    }
-
-    async fn stopped(&self) {
-        loop {
-            let stop = self.control.stop.notified();
-            tokio::pin!(stop);
-            stop.as_mut().enable();
-            if self.is_stopped() {
-                return;
-            }
-            stop.await;
-        }
-    }
-}
-
-impl Drop for ListenGuard<'_> {
-    fn drop(&mut self) {
-        if self.control.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.control.idle.notify_waiters();
-        }
-    }
-}
-
 /// Runs a `listen` loop over `queue` until `control` stops it or the queue closes.
 ///
 /// See [`MessageQueue::listen`] for the semantics. Backends normally call
-/// [`QueueBase::listen`](crate::QueueBase::listen) instead.
+/// [`QueueBase::listen`](super::QueueBase::listen) instead.
 ///
 /// # Errors
 ///
@@ -162,13 +157,13 @@ pub async fn run_listener(
     options: &QueueOptions,
     control: &ListenControl,
 ) -> Result<()> {
-    let guard = control.enter();
-    if guard.is_stopped() {
+    let (stop, _running) = control.enter();
+    if stop.is_cancelled() {
         // Stopped between `begin_listen` and the first run of its task.
         return Ok(());
     }
     if !queue.is_open() {
-        return Err(crate::Error::not_opened(queue.name()));
+        return Err(Error::not_opened(queue.name()));
     }
     tracing::trace!(
         queue = queue.name(),
@@ -181,17 +176,24 @@ pub async fn run_listener(
     // Messages taken and not yet handled to the end, by sequence number.
     let mut taken: BTreeMap<u64, MessageEnvelope> = BTreeMap::new();
     let mut seq = 0u64;
+    let mut receive_errors = Backoff::reconnect();
     // The receive in progress survives handlers finishing: it is only dropped on stop (receive
     // is cancel safe), so no backend sees a stream of cancelled receives.
     let interval = options.listen_interval.max(Duration::from_millis(1));
     let mut receiving = None;
-    while !guard.is_stopped() {
+    loop {
+        // Take part in the runtime's budget: a loop whose futures are always ready must still
+        // let other tasks run (on a current-thread runtime, nothing else would).
+        tokio::task::consume_budget().await;
+        if stop.is_cancelled() {
+            break;
+        }
         if receiving.is_none() && in_flight.len() < concurrency {
             receiving = Some(queue.receive(correlation_id, interval));
         }
         tokio::select! {
             biased;
-            () = guard.stopped() => break,
+            () = stop.cancelled() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                 taken.remove(&done);
             }
@@ -199,17 +201,18 @@ pub async fn run_listener(
                 receiving = None;
                 match received {
                     Ok(Some(envelope)) => {
+                        receive_errors.reset();
                         seq += 1;
                         taken.insert(seq, envelope.clone());
-                        in_flight.push(handle(queue, receiver.as_ref(), envelope, seq));
+                        in_flight.push(handle(queue, receiver.as_ref(), envelope, seq, options, &stop));
                     }
-                    Ok(None) => {}
+                    Ok(None) => receive_errors.reset(),
                     Err(e) if e.kind() == ErrorKind::NotOpened => break,
                     Err(e) => {
-                        tracing::error!(queue = queue.name(), correlation_id, error = %e, "Failed to receive the message");
-                        let pause = interval.clamp(Duration::from_millis(10), Duration::from_secs(1));
+                        let pause = receive_errors.next_delay();
+                        tracing::error!(queue = queue.name(), correlation_id, error = %e, retry_in = ?pause, "Failed to receive the message");
                         tokio::select! {
-                            () = guard.stopped() => break,
+                            () = stop.cancelled() => break,
                             () = tokio::time::sleep(pause) => {}
                         }
                     }
@@ -246,32 +249,44 @@ pub async fn run_listener(
     Ok(())
 }
 
+/// Hands one message to the receiver and settles it: completed on `Ok`; on `Err` or a panic,
+/// given back after the redelivery delay (at once when the loop stops).
 async fn handle(
     queue: &dyn MessageQueue,
     receiver: &dyn MessageReceiver,
     envelope: MessageEnvelope,
     seq: u64,
+    options: &QueueOptions,
+    stop: &CancellationToken,
 ) -> u64 {
     let outcome = AssertUnwindSafe(receiver.receive_message(&envelope, queue))
         .catch_unwind()
         .await;
     let cid = envelope.correlation_id.as_deref();
-    match outcome {
-        Ok(Ok(())) => release(queue, &envelope, Settle::Complete).await,
-        Ok(Err(e)) => {
-            tracing::error!(queue = queue.name(), correlation_id = cid, error = %e, "Failed to process the message");
-            release(queue, &envelope, Settle::Abandon).await;
+    let failure = match outcome {
+        Ok(Ok(())) => {
+            release(queue, &envelope, Settle::Complete).await;
+            return seq;
         }
+        Ok(Err(e)) => e.to_string(),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(queue = queue.name(), correlation_id = cid, panic = %what, "Failed to process the message: the receiver panicked");
-            release(queue, &envelope, Settle::Abandon).await;
+            format!("the receiver panicked: {what}")
+        }
+    };
+    let delay = options.redelivery_delay_for(envelope.delivery_count());
+    tracing::error!(queue = queue.name(), correlation_id = cid, error = %failure, redelivery_in = ?delay, "Failed to process the message");
+    if envelope.lock_token().is_some() && queue.capabilities().can_abandon() && !delay.is_zero() {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
+    release(queue, &envelope, Settle::Abandon).await;
     seq
 }
 

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use metrics::Counter;
 
-use crate::listen::{ListenControl, run_listener};
+use super::listen::{ListenControl, run_listener};
+use crate::connection::{ConnectionParams, CredentialParams};
 use crate::options::resolve_name;
 use crate::{
-    ConfigParams, ConnectionParams, CredentialParams, Error, MessageEnvelope, MessageQueue,
-    MessageReceiver, QueueOptions, Result,
+    ConfigParams, Error, MessageEnvelope, MessageQueue, MessageReceiver, QueueOptions, Result,
 };
 
 /// The state and behaviour every backend shares: name, options, connection and credential
@@ -21,7 +21,8 @@ use crate::{
 /// A backend embeds one and delegates to it:
 ///
 /// ```
-/// use courier_core::{QueueBase, QueueOptions};
+/// use courier_core::QueueOptions;
+/// use courier_core::backend::QueueBase;
 ///
 /// let base = QueueBase::new("my-backend", "orders", QueueOptions::default());
 /// assert_eq!(base.name(), "orders");
@@ -63,7 +64,7 @@ impl QueueBase {
     }
 
     /// A queue base configured from pip-services `config`: the name (see
-    /// [`resolve_name`](crate::resolve_name), falling back to `default_name`), `options.*`,
+    /// [`resolve_name`](super::resolve_name), falling back to `default_name`), `options.*`,
     /// `connection.*` and `credential.*`.
     ///
     /// # Errors
@@ -153,6 +154,30 @@ impl QueueBase {
         }
     }
 
+    /// Readies `envelope` for sending: checks that the queue is open, stamps its `sent_time`
+    /// and clears what a previous delivery left on it (lock, delivery count). Every backend's
+    /// `send` starts here and calls [`sent`](Self::sent) once the message is stored.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened).
+    pub fn prepare_send(&self, mut envelope: MessageEnvelope) -> Result<MessageEnvelope> {
+        self.check_open()?;
+        envelope.sent_time = Some(chrono::Utc::now());
+        envelope.set_lock_token(None);
+        envelope.set_delivery_count(0);
+        Ok(envelope)
+    }
+
+    /// Whether a message delivered `delivery_count` times has used up `options.max_deliveries`:
+    /// given back (abandoned, or its lock expired), it goes to the dead-letter queue instead of
+    /// the queue. The one max-deliveries rule of every backend.
+    pub fn is_spent(&self, delivery_count: u32) -> bool {
+        self.options
+            .max_deliveries
+            .is_some_and(|max| delivery_count >= max)
+    }
+
     /// A message was sent: counts `queue.<name>.sent_messages` and logs "Sent message … via …"
     /// at debug.
     pub fn sent(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) {
@@ -191,9 +216,14 @@ impl QueueBase {
         tracing::trace!(queue = %self.name, correlation_id, "{} queue [{}]", change, self.name);
     }
 
-    /// The listen loops' control.
+    /// The listen loops' control: what [`MessageQueue::listen_control`] returns.
     pub fn listen_control(&self) -> &ListenControl {
         &self.listen
+    }
+
+    /// Stops every running listen loop: the body of every [`MessageQueue::end_listen`].
+    pub fn end_listen(&self) {
+        self.listen.end_listen();
     }
 
     /// Runs the shared `listen` loop over `queue` (the backend itself) with this base's options.
