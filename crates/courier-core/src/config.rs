@@ -215,7 +215,7 @@ pub(crate) fn is_secret(key: &str) -> bool {
 fn shown_value<'a>(key: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
     if is_secret(key) {
         "***".into()
-    } else if key.ends_with("uri") {
+    } else if key.ends_with("uri") || key.ends_with("url") {
         crate::redact_uri(value).into()
     } else {
         value.into()

@@ -110,39 +110,47 @@ impl fmt::Debug for CredentialParams {
 
 /// `uri` with its password, and any query parameter that holds a secret, replaced by `***`.
 ///
-/// Works on the text, so it also hides what a URI parser would not take apart (a password
-/// with a `/` in it, a bad port, a missing `//`): whatever stands between the first `:` of the
-/// user-info part and its `@` is hidden.
+/// Works on the text, whatever it holds, so that no password can slip through: a password
+/// may contain `/`, `?`, `#`, `:` or `@` unescaped, and a URI that does not parse must be
+/// hidden as well as one that does. The password is taken to run from the first `:` after
+/// the scheme's `//` to the *last* `@`; when the text after it has an `@` too (an e-mail in a
+/// query parameter), more than the password is hidden, never less.
 ///
 /// ```
-/// assert_eq!(
-///     courier_core::redact_uri("amqp://guest:secret@localhost:5672/%2f"),
-///     "amqp://guest:***@localhost:5672/%2f"
-/// );
+/// use courier_core::redact_uri;
+///
+/// assert_eq!(redact_uri("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
+/// assert_eq!(redact_uri("postgres://u:p?ss@h/db"), "postgres://u:***@h/db");
+/// assert_eq!(redact_uri("postgres://u@h/db?password=pw"), "postgres://u@h/db?password=***");
 /// ```
 pub fn redact_uri(uri: &str) -> String {
-    let (head, query) = match uri.find(['?', '#']) {
-        Some(i) => uri.split_at(i),
-        None => (uri, ""),
-    };
-    let start = head.find("://").map_or(0, |i| i + 3);
+    let start = uri.find("://").map_or(0, |i| i + 3);
     let mut out = String::with_capacity(uri.len());
-    match head[start..].rfind('@').map(|at| start + at) {
-        Some(at) => match head[start..at].find(':').map(|c| start + c) {
+    let rest = match uri[start..].rfind('@').map(|at| start + at) {
+        Some(at) => match uri[start..at].find(':').map(|c| start + c) {
             Some(colon) => {
-                out.push_str(&head[..=colon]);
+                out.push_str(&uri[..=colon]);
                 out.push_str("***");
-                out.push_str(&head[at..]);
+                at
             }
-            None => out.push_str(head),
+            None => {
+                out.push_str(&uri[..at]);
+                at
+            }
         },
-        None => out.push_str(head),
-    }
-    if let Some(rest) = query.strip_prefix('?') {
+        None => 0,
+    };
+    let rest = &uri[rest..];
+    let (head, query) = match rest.find('?') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    out.push_str(head);
+    if let Some(query) = query.strip_prefix('?') {
         out.push('?');
-        let (params, fragment) = match rest.find('#') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
+        let (params, fragment) = match query.find('#') {
+            Some(i) => query.split_at(i),
+            None => (query, ""),
         };
         let masked: Vec<String> = params
             .split('&')
@@ -153,8 +161,6 @@ pub fn redact_uri(uri: &str) -> String {
             .collect();
         out.push_str(&masked.join("&"));
         out.push_str(fragment);
-    } else {
-        out.push_str(query);
     }
     out
 }
@@ -178,14 +184,10 @@ pub fn redact_uri(uri: &str) -> String {
 /// # Errors
 ///
 /// [`ErrorKind::Config`](crate::ErrorKind::Config) if `uri` does not parse or repeats a
-/// parameter. The message shows the URI redacted.
+/// parameter. The message does not repeat the URI.
 pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
-    let url = Url::parse(uri).map_err(|e| {
-        Error::config(
-            "uri",
-            format!("{:?} is not a valid URI: {e}", redact_uri(uri)),
-        )
-    })?;
+    // The URI itself is not repeated: what does not parse cannot be trusted to redact well.
+    let url = Url::parse(uri).map_err(|e| Error::config("uri", format!("not a valid URI: {e}")))?;
     let mut c = ConfigParams::new();
     c.set("connection.uri", uri);
     c.set("connection.protocol", url.scheme());
@@ -296,6 +298,12 @@ mod tests {
             redact_uri("memory://q/a@b?queue=q"),
             "memory://q/a@b?queue=q"
         );
+        assert_eq!(
+            redact_uri("postgres://u:p?ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_uri("postgres://u:p#s@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_uri("redis://:a@b@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(
             redact_uri("sqlite::memory:?queue=q"),
             "sqlite::memory:?queue=q"

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
-use crate::connection::{check_known_options, config_from_uri, redact_uri};
+use crate::connection::{check_known_options, config_from_uri};
 use crate::options::{OPTION_KEYS, resolve_name};
 use crate::{ConfigParams, Error, MemoryMessageQueue, MessageQueue, Result};
 
@@ -356,8 +356,7 @@ pub fn create_from_uri(uri: &str) -> Result<Arc<dyn MessageQueue>> {
         Error::config(
             "uri",
             format!(
-                "no backend for scheme `{scheme}` in {:?}; registered: {} (enable the backend's feature of the `courier` crate)",
-                redact_uri(uri),
+                "no backend for scheme `{scheme}`; registered: {} (enable the backend's feature of the `courier` crate)",
                 registered_schemes().join(", ")
             ),
         )

@@ -115,6 +115,19 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
             format!("{sqlite}?queue=q&max_deliveries=0"),
             "options.max_deliveries",
         ),
+        // Misspelt courier options and parameters no driver knows are never passed on.
+        (
+            format!("{sqlite}?queue=q&lock_timout=5"),
+            "options.lock_timout",
+        ),
+        (
+            format!("{}?queue=q&max_delivery=1", support::POSTGRES_DEFAULT),
+            "options.max_delivery",
+        ),
+        (
+            format!("{}?queue=q&lock_timout=5", support::MYSQL_DEFAULT),
+            "options.lock_timout",
+        ),
     ] {
         let err = create_from_uri(&uri).map(drop).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{uri}: {err}");
@@ -129,6 +142,88 @@ async fn bad_uris_and_options_are_config_errors_naming_the_key() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("connection.port"), "{err}");
+}
+
+#[tokio::test]
+async fn config_params_are_checked_and_uri_options_apply() {
+    let (sqlite, _file) = temp_sqlite();
+    let typo = ConfigParams::from_tuples([
+        ("name", "q"),
+        ("connection.uri", sqlite.as_str()),
+        ("options.lock_timout", "5"),
+    ]);
+    let err = SqlMessageQueue::with_config(&typo).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("options.lock_timout"), "{err}");
+    // Queue options written in `connection.uri` take effect.
+    let uri = format!("{sqlite}?lock_timeout=300&poll_interval=20");
+    let config = ConfigParams::from_tuples([("name", "q"), ("connection.uri", uri.as_str())]);
+    let queue = SqlMessageQueue::with_config(&config).unwrap();
+    queue.open(None).await.unwrap();
+    queue
+        .send(None, MessageEnvelope::new(None, "t", "x"))
+        .await
+        .unwrap();
+    let first = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    let again = queue
+        .receive(None, Duration::from_secs(3))
+        .await
+        .unwrap()
+        .expect("the 300 ms lock of the URI expired");
+    assert_eq!(again.message_id, first.message_id);
+    assert_eq!(again.delivery_count(), 2);
+    queue.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn each_dialect_names_its_backend() {
+    courier_sql::register();
+    let (sqlite, _file) = temp_sqlite();
+    let queue = create_from_uri(&format!("{sqlite}?queue=q")).unwrap();
+    let err = queue.peek(None).await.unwrap_err();
+    assert_eq!(err.backend(), Some("sqlite"), "{err:?}");
+    for (uri, backend) in [
+        (support::POSTGRES_DEFAULT, "postgres"),
+        (support::MYSQL_DEFAULT, "mysql"),
+    ] {
+        let queue = create_from_uri(&format!("{uri}?queue=q")).unwrap();
+        let err = queue.peek(None).await.unwrap_err();
+        assert_eq!(err.backend(), Some(backend), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn refused_and_silent_servers_fail_fast_saying_why() {
+    courier_sql::register();
+    let started = std::time::Instant::now();
+    let err = connect("postgres://app:pw@127.0.0.1:1/db?queue=q")
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection);
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A server that accepts and never answers: `connect_timeout` bounds the wait.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let err = connect(&format!(
+        "mysql://root@127.0.0.1:{port}/test?queue=q&connect_timeout=1000"
+    ))
+    .await
+    .map(drop)
+    .unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}: {err}"
+    );
+    drop(silent);
 }
 
 #[tokio::test]
