@@ -35,6 +35,7 @@ use courier_core::{MessageQueue, Result};
 use futures::future::BoxFuture;
 
 pub mod checks;
+pub mod fault;
 mod receiver;
 mod support;
 

@@ -148,11 +148,8 @@ pub fn redact_uri(uri: &str) -> String {
     out.push_str(head);
     if let Some(query) = query.strip_prefix('?') {
         out.push('?');
-        let (params, fragment) = match query.find('#') {
-            Some(i) => query.split_at(i),
-            None => (query, ""),
-        };
-        let masked: Vec<String> = params
+        // A secret's value runs to the next `&`, `#` included: it may be part of the secret.
+        let masked: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
                 Some((k, _)) if is_secret(k) => format!("{k}=***"),
@@ -160,7 +157,6 @@ pub fn redact_uri(uri: &str) -> String {
             })
             .collect();
         out.push_str(&masked.join("&"));
-        out.push_str(fragment);
     }
     out
 }
@@ -292,7 +288,11 @@ mod tests {
         assert_eq!(redact_uri("postgres//u:pw@h"), "postgres//u:***@h");
         assert_eq!(
             redact_uri("postgres://u@h:99999/db?token=x#f"),
-            "postgres://u@h:99999/db?token=***#f"
+            "postgres://u@h:99999/db?token=***"
+        );
+        assert_eq!(
+            redact_uri("postgres://h/db?a=1#f&password=#x&b=2"),
+            "postgres://h/db?a=1#f&password=***&b=2"
         );
         assert_eq!(
             redact_uri("memory://q/a@b?queue=q"),

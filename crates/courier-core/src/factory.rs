@@ -298,7 +298,7 @@ pub fn named_config(locator: &Descriptor, config: &ConfigParams) -> Result<Confi
 /// is a provider.
 pub trait QueueProvider: Send + Sync {
     /// Creates a closed queue from `config` (a URI is turned into config by
-    /// [`config_from_uri`](crate::config_from_uri) first).
+    /// [`config_from_uri`](crate::backend::config_from_uri) first).
     ///
     /// # Errors
     ///

@@ -143,13 +143,13 @@ impl SqlMessageQueue {
     /// Creates a closed queue from a URI's configuration (see [`config_from_uri`]): what the
     /// registered schemes call.
     ///
-    /// [`config_from_uri`]: courier_core::config_from_uri
+    /// [`config_from_uri`]: courier_core::backend::config_from_uri
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) for an invalid option or a
-    /// missing `queue` parameter. Parameters that are not courier's go to the database driver
-    /// (`sslmode=require`), which validates them when the queue opens.
+    /// missing `queue` parameter, or a parameter that is neither courier's nor one its sqlx
+    /// driver knows ([`Dialect::driver_parameters`]).
     pub fn from_uri_config(config: &ConfigParams) -> Result<Self> {
         if config.get("queue").or_else(|| config.get("name")).is_none() {
             return Err(Error::config(

@@ -66,7 +66,7 @@ async fn try_uri(uri: &str, password: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn passwords_never_show(password in "[ -~]{8,20}") {
