@@ -193,7 +193,7 @@ async fn each_dialect_names_its_backend() {
 }
 
 #[tokio::test]
-async fn refused_and_silent_servers_fail_fast_saying_why() {
+async fn a_refused_connection_fails_fast_saying_why() {
     courier_sql::register();
     let started = std::time::Instant::now();
     let err = connect("postgres://app:pw@127.0.0.1:1/db?queue=q")
@@ -207,23 +207,6 @@ async fn refused_and_silent_servers_fail_fast_saying_why() {
         "{:?}",
         started.elapsed()
     );
-    // A server that accepts and never answers: `connect_timeout` bounds the wait.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let started = std::time::Instant::now();
-    let err = connect(&format!(
-        "mysql://root@127.0.0.1:{port}/test?queue=q&connect_timeout=1000"
-    ))
-    .await
-    .map(drop)
-    .unwrap_err();
-    let waited = started.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
-        "{waited:?}: {err}"
-    );
-    drop(silent);
 }
 
 #[tokio::test]

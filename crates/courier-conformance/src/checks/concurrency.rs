@@ -141,14 +141,10 @@ pub async fn cancelled_receive_uses_no_delivery<H: Harness>(h: &H) {
         );
         q.complete(&m).await.expect("complete");
     }
-    if h.features().max_deliveries {
-        let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
-        assert!(
-            dlq.receive(None, Duration::from_millis(100))
-                .await
-                .expect("receive")
-                .is_none(),
-            "a message nobody was given went to the dead-letter queue"
-        );
-    }
+    super::assert_no_dead_letters(
+        h,
+        &q,
+        "a message nobody was given went to the dead-letter queue",
+    )
+    .await;
 }

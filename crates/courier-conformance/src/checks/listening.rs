@@ -83,13 +83,12 @@ pub async fn listen_completes_on_ok<H: Harness>(h: &H) {
         .collect();
     assert_exactly_once(&got, &ids);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        q.receive(None, Duration::from_millis(300))
-            .await
-            .expect("receive")
-            .is_none(),
-        "a handled message came back"
-    );
+    super::assert_no_message(
+        &q,
+        Duration::from_millis(300),
+        "a handled message came back",
+    )
+    .await;
 }
 
 /// A receiver that fails on the first delivery, panics on the second and succeeds on the
@@ -371,14 +370,10 @@ pub async fn close_during_receive_uses_no_delivery<H: Harness>(h: &H) {
         }
         assert_eq!(handled + left, 5, "messages were lost");
     }
-    if h.features().max_deliveries {
-        let dlq = TestQueue::open_named(h, &format!("{name}.dlq"), &[]).await;
-        assert!(
-            dlq.receive(None, Duration::from_millis(100))
-                .await
-                .expect("receive")
-                .is_none(),
-            "close sent a message nobody was given to the dead-letter queue"
-        );
-    }
+    super::assert_no_dead_letters(
+        h,
+        &q,
+        "close sent a message nobody was given to the dead-letter queue",
+    )
+    .await;
 }

@@ -76,6 +76,20 @@ pub(crate) fn assert_exactly_once(got: &[String], sent: &[String]) {
     );
 }
 
+/// Asserts that `q` delivers nothing within `wait`; `why` says what a message would mean.
+pub(crate) async fn assert_no_message(q: &TestQueue, wait: Duration, why: &str) {
+    let got = q.receive(None, wait).await.expect("receive");
+    assert!(got.is_none(), "{}: {why}", q.name);
+}
+
+/// Asserts that the dead-letter queue of `q` is empty, where the backend has one.
+pub(crate) async fn assert_no_dead_letters<H: crate::Harness>(h: &H, q: &TestQueue, why: &str) {
+    if h.features().max_deliveries {
+        let dlq = TestQueue::open_named(h, &format!("{}.dlq", q.name), &[]).await;
+        assert_no_message(&dlq, Duration::from_millis(100), why).await;
+    }
+}
+
 /// Waits until the queue's count reaches `n` (for backends whose sends arrive asynchronously).
 pub(crate) async fn await_count(q: &TestQueue, n: usize) {
     if !q.capabilities().can_message_count() {
