@@ -182,6 +182,7 @@ pub fn redact_uri(uri: &str) -> String {
 /// [`ErrorKind::Config`](crate::ErrorKind::Config) if `uri` does not parse or repeats a
 /// parameter. The message does not repeat the URI.
 pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
+    check_userinfo(uri)?;
     // The URI itself is not repeated: what does not parse cannot be trusted to redact well.
     let url = Url::parse(uri).map_err(|e| Error::config("uri", format!("not a valid URI: {e}")))?;
     let mut c = ConfigParams::new();
@@ -214,6 +215,27 @@ pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
         c.set(key, v.into_owned());
     }
     Ok(c)
+}
+
+/// Refuses a URI whose user-info part holds an unescaped `/`, `?` or `#`: URI parsers end the
+/// user-info there, so the rest of the password would be read as a path, query or fragment
+/// (and could then be shown). Such characters must be percent-encoded (`%2F`, `%3F`, `%23`).
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`](crate::ErrorKind::Config), without repeating the URI.
+pub fn check_userinfo(uri: &str) -> Result<()> {
+    let start = uri.find("://").map_or(0, |i| i + 3);
+    if let Some(at) = uri[start..].rfind('@') {
+        let userinfo = &uri[start..start + at];
+        if userinfo.contains(':') && userinfo.contains(['/', '?', '#']) {
+            return Err(Error::config(
+                "uri",
+                "the password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn percent_decode(text: &str) -> String {
@@ -311,6 +333,17 @@ mod tests {
         let creds = CredentialParams::new(Some("u".into()), Some("pw".into()));
         assert!(!format!("{creds:?}").contains("pw\""));
         assert_eq!(creds.password(), Some("pw"));
+    }
+
+    #[test]
+    fn unescaped_delimiters_in_a_password_are_refused() {
+        for uri in ["postgres://u:#x@h/db", "redis://:a/b@h", "amqp://u:?q@h"] {
+            let err = config_from_uri(uri).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(err.to_string().contains("percent-encode"), "{err}");
+        }
+        assert!(config_from_uri("postgres://u:p%23x@h/db").is_ok());
+        assert!(config_from_uri("memory://q/a@b?x=1").is_ok());
     }
 
     #[test]

@@ -399,6 +399,7 @@ fn database_url(config: &ConfigParams) -> Result<String> {
     let Some(uri) = config.get("connection.uri") else {
         return url_from_parts(config);
     };
+    courier_core::backend::check_userinfo(uri)?;
     let Ok(mut url) = url::Url::parse(uri) else {
         // `sqlite::memory:` and other forms the url crate cannot take apart go as they are.
         return Ok(uri.to_owned());

@@ -29,7 +29,7 @@ pub use retry::Backoff;
 
 pub use crate::cached::{MessageSink, PushBroker};
 pub use crate::connection::{
-    ConnectionParams, CredentialParams, check_known_options, config_from_uri,
+    ConnectionParams, CredentialParams, check_known_options, check_userinfo, config_from_uri,
 };
 pub use crate::factory::{QueueProvider, named_config, register_scheme, registered_schemes};
 pub use crate::options::{OPTION_KEYS, resolve_name};
