@@ -1,190 +1,63 @@
-//! [`CachedMessageQueue`]: the buffer-and-subscribe layer that gives push brokers
-//! (MQTT, core NATS, ...) the pull side of [`MessageQueue`].
+//! [`CachedMessageQueue`]: the pull side of [`MessageQueue`] for brokers that deliver by push
+//! (MQTT, core NATS, RabbitMQ consumers), on the push layer of [`backend::push`](crate::backend).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Semaphore;
 
-use crate::backend::{ListenControl, QueueBase};
+use crate::backend::push::{DEFAULT_CREDITS, take_handle};
+use crate::backend::{ListenControl, MessageSink, PushBroker, QueueBase, Settled, deadline_after};
 use crate::{
-    Error, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
+    ErrorKind, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
     MessagingCapabilities, Result,
 };
 
-/// The broker half of a [`CachedMessageQueue`]: connects, subscribes, sends and acknowledges.
-///
-/// The cache does everything else (peek, count, receive with locks and redelivery, listen).
-#[async_trait]
-pub trait PushBroker: Send + Sync + 'static {
-    /// What the combined queue can do. Receive, peek, peek batch, count, clear and renew lock
-    /// are served by the cache; say `true` for them unless the broker forbids them. `send`,
-    /// `abandon` (local redelivery, plus [`abandon`](PushBroker::abandon)) and dead letter
-    /// are the broker's to declare.
-    fn capabilities(&self) -> MessagingCapabilities;
-
-    /// Connects to the broker.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Connection`](crate::ErrorKind::Connection) or
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config); the queue then stays closed.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn connect(&self, correlation_id: Option<&str>) -> Result<()>;
-
-    /// Disconnects from the broker.
-    ///
-    /// # Errors
-    ///
-    /// A backend error; the queue is closed anyway.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn disconnect(&self, correlation_id: Option<&str>) -> Result<()>;
-
-    /// Starts pushing the queue's messages into `sink`. Called once per subscription: on
-    /// `open` with `options.autosubscribe`, else on the first peek, receive, count or listen.
-    ///
-    /// # Errors
-    ///
-    /// A backend error; the next operation tries again.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn subscribe(&self, correlation_id: Option<&str>, sink: MessageSink) -> Result<()>;
-
-    /// Stops pushing messages.
-    ///
-    /// # Errors
-    ///
-    /// A backend error.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn unsubscribe(&self, correlation_id: Option<&str>) -> Result<()>;
-
-    /// Publishes `envelope` (its `sent_time` is already stamped).
-    ///
-    /// # Errors
-    ///
-    /// A backend error; the message was not sent.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn send(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()>;
-
-    /// Acknowledges a message the cache delivered and its holder completed. Default: nothing to do.
-    ///
-    /// # Errors
-    ///
-    /// A backend error; the message stays locked in the cache.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn complete(&self, _message: &MessageEnvelope) -> Result<()> {
-        Ok(())
-    }
-
-    /// Told that a message was abandoned; the cache redelivers it locally. Default: nothing.
-    ///
-    /// # Errors
-    ///
-    /// A backend error.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn abandon(&self, _message: &MessageEnvelope) -> Result<()> {
-        Ok(())
-    }
-
-    /// Moves a message to the broker's dead-letter destination. Default: `Unsupported`.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) or a backend error.
-    ///
-    /// # Cancel safety
-    ///
-    /// The queue calls it and may drop the future; implementations must leave the broker
-    /// consistent when dropped (at worst, a message not acknowledged is delivered again).
-    async fn move_to_dead_letter(&self, _message: &MessageEnvelope) -> Result<()> {
-        Err(Error::unsupported("", "move_to_dead_letter"))
-    }
-}
-
-/// Where a [`PushBroker`] puts the messages it receives. Cheap to clone; pushing never blocks.
-#[derive(Clone)]
-pub struct MessageSink {
-    cache: MemoryMessageQueue,
-}
-
-impl MessageSink {
-    /// Hands a message from the broker to the queue's cache.
-    pub fn push(&self, envelope: MessageEnvelope) {
-        self.cache.push_incoming(envelope);
-    }
-}
-
-impl fmt::Debug for MessageSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MessageSink")
-            .field("queue", &self.cache.name())
-            .finish()
-    }
-}
-
-/// A [`MessageQueue`] made of a [`PushBroker`] and an in-memory cache of what it pushed.
+/// A [`MessageQueue`] made of a [`PushBroker`] and a buffer of what it pushed.
 ///
 /// This is pip-services' `CachedMessageQueue`, with its bugs fixed (`spec/pip-messaging.md`
-/// §5 and §9.3 #9): cached messages are delivered to the receiver `listen` was given (pip
+/// §5 and §9.3 #9): buffered messages are delivered to the receiver `listen` was given (pip
 /// used a field that was still unset and lost them), `open` reports errors instead of
-/// swallowing them, `receive` wakes on arrival instead of polling, an empty cache is not an
-/// error, and received messages are locked, redelivered when abandoned or expired, and
-/// acknowledged to the broker on `complete`.
+/// swallowing them, `receive` wakes on arrival instead of polling, an empty buffer is not an
+/// error, and received messages are locked and redelivered when abandoned or expired.
 ///
-/// `listen` runs the shared listen loop over the cache, so the cache is drained first, in
-/// order, and live messages follow, with the same completion and concurrency rules as every
-/// queue.
+/// On top of pip-services, each pushed message keeps the broker's delivery handle, which is
+/// settled exactly once (acknowledged on `complete` and `clear`, dead-lettered at the broker,
+/// or given back on `close`); the buffer holds at most `options.max_size` messages
+/// ([`DEFAULT_CREDITS`] by default), so a slow consumer slows the broker down instead of
+/// growing memory. See [`backend::push`](crate::backend) for the whole contract.
 ///
-/// What the cache holds is in this process only: messages pushed but not yet completed are
-/// lost with it, unless the broker redelivers unacknowledged messages.
+/// `listen` runs the shared listen loop over the buffer, with the same completion,
+/// concurrency and backoff rules as every queue.
+///
+/// What the buffer holds lives in this process only: a message pushed and not yet settled is
+/// redelivered by the broker if the process dies, if the broker redelivers unacknowledged
+/// messages (AMQP, MQTT QoS 1), and lost otherwise (MQTT QoS 0, core NATS).
 pub struct CachedMessageQueue<B> {
     base: QueueBase,
-    cache: MemoryMessageQueue,
+    buffer: MemoryMessageQueue,
     broker: B,
-    subscribed: tokio::sync::Mutex<bool>,
+    /// The credits of the current subscription, if subscribed; closed when it ends.
+    subscription: tokio::sync::Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl<B: PushBroker> CachedMessageQueue<B> {
     /// A closed queue over `broker`; `base` gives the name and options.
     pub fn new(base: QueueBase, broker: B) -> Self {
-        // The cache redelivers without limit: this queue applies `max_deliveries` itself, so
-        // that spent messages reach the broker's dead letters, not a cache nobody can read.
+        // The buffer redelivers without limit and holds no credits of its own: this queue
+        // applies `max_deliveries` (so spent messages reach the broker's dead letters) and
+        // `max_size` (as credits).
         let mut options = base.options().clone();
         options.max_deliveries = None;
-        let cache = MemoryMessageQueue::with_options(base.name(), options);
+        options.max_size = None;
+        let buffer = MemoryMessageQueue::with_options(base.name(), options);
         CachedMessageQueue {
             base,
-            cache,
+            buffer,
             broker,
-            subscribed: tokio::sync::Mutex::new(false),
+            subscription: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -201,43 +74,66 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     /// Where spent messages go when the broker has no dead letters of its own: an in-process
     /// queue, `<name>.dlq` (its content dies with the process).
     pub fn local_dead_letters(&self) -> MemoryMessageQueue {
-        self.cache.dead_letter_queue()
+        self.buffer.dead_letter_queue()
     }
 
-    /// Dead-letters a message the cache holds: to the broker's dead letters if it has them,
-    /// else to [`local_dead_letters`](Self::local_dead_letters).
-    async fn bury(&self, message: &MessageEnvelope) -> Result<()> {
+    /// How many messages the buffer holds (ready and locked).
+    pub fn held(&self) -> usize {
+        self.buffer.ready_len_now() + self.buffer.locked_count()
+    }
+
+    /// Dead-letters a message taken from the buffer: to the broker's dead letters if it has
+    /// them, else to [`local_dead_letters`](Self::local_dead_letters) with its delivery
+    /// completed at the broker.
+    async fn bury(&self, mut message: MessageEnvelope) -> Result<()> {
+        let handle = take_handle::<B::Handle>(&message);
         if self.capabilities().can_dead_letter() {
-            self.broker
-                .move_to_dead_letter(message)
-                .await
-                .map_err(|e| e.with_queue(self.name()))?;
-            self.cache.complete(message).await?;
+            if let Some(handle) = handle {
+                self.broker
+                    .move_to_dead_letter(&message, handle)
+                    .await
+                    .map_err(|e| e.with_queue(self.name()))?;
+            }
         } else {
-            self.cache.move_to_dead_letter(message).await?;
+            if let Some(handle) = handle {
+                self.broker.complete(&message, handle).await?;
+            }
+            message.set_delivery(None);
+            self.local_dead_letters().push_incoming(message.clone());
         }
-        self.base.dead_lettered(message);
+        self.base.dead_lettered(&message);
         Ok(())
     }
 
-    fn spent(&self, message: &MessageEnvelope) -> bool {
-        self.base
-            .options()
-            .max_deliveries
-            .is_some_and(|max| message.delivery_count() >= max)
-    }
-
+    /// Subscribes if the queue is not subscribed yet.
     async fn ready(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base.check_open()?;
-        let mut subscribed = self.subscribed.lock().await;
-        if !*subscribed {
-            let sink = MessageSink {
-                cache: self.cache.clone(),
-            };
+        let mut subscription = self.subscription.lock().await;
+        if subscription.is_none() {
+            let credits = self.base.options().max_size.unwrap_or(DEFAULT_CREDITS);
+            let credits = Arc::new(Semaphore::new(credits));
+            let sink = MessageSink::new(self.buffer.clone(), credits.clone());
             self.broker.subscribe(correlation_id, sink).await?;
-            *subscribed = true;
+            *subscription = Some(credits);
         }
         Ok(())
+    }
+
+    /// Ends the subscription: later pushes are refused, held messages go back to the broker.
+    async fn end_subscription(&self, correlation_id: Option<&str>) -> Result<()> {
+        let Some(credits) = self.subscription.lock().await.take() else {
+            return Ok(());
+        };
+        credits.close();
+        let unsubscribed = self.broker.unsubscribe(correlation_id).await;
+        for message in self.buffer.drain() {
+            if let Some(handle) = take_handle::<B::Handle>(&message) {
+                if let Err(e) = self.broker.abandon(&message, handle).await {
+                    tracing::warn!(queue = self.name(), error = %e, "Failed to give a held message back to the broker");
+                }
+            }
+        }
+        unsubscribed
     }
 }
 
@@ -245,7 +141,7 @@ impl<B> fmt::Debug for CachedMessageQueue<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedMessageQueue")
             .field("base", &self.base)
-            .field("cache", &self.cache)
+            .field("buffer", &self.buffer)
             .finish_non_exhaustive()
     }
 }
@@ -269,7 +165,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             return Ok(());
         }
         self.broker.connect(correlation_id).await?;
-        self.cache.open(correlation_id).await?;
+        self.buffer.open(correlation_id).await?;
         self.base.set_open(true);
         if self.base.options().autosubscribe {
             if let Err(e) = self.ready(correlation_id).await {
@@ -287,16 +183,9 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         }
         self.base.stop_listeners().await;
         self.base.set_open(false);
-        let mut subscribed = self.subscribed.lock().await;
-        let unsubscribed = if *subscribed {
-            *subscribed = false;
-            self.broker.unsubscribe(correlation_id).await
-        } else {
-            Ok(())
-        };
+        let unsubscribed = self.end_subscription(correlation_id).await;
         let disconnected = self.broker.disconnect(correlation_id).await;
-        self.cache.clear(correlation_id).await?;
-        self.cache.close(correlation_id).await?;
+        self.buffer.close(correlation_id).await?;
         self.base.changed(correlation_id, "Closed");
         unsubscribed.and(disconnected)
     }
@@ -307,18 +196,13 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             "read_message_count",
         )?;
         self.ready(None).await?;
-        self.cache.read_message_count().await
+        self.buffer.read_message_count().await
     }
 
-    async fn send(
-        &self,
-        correlation_id: Option<&str>,
-        mut envelope: MessageEnvelope,
-    ) -> Result<()> {
-        self.base.check_open()?;
+    async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
         self.base
             .check_capability(self.capabilities().can_send(), "send")?;
-        envelope.sent_time = Some(chrono::Utc::now());
+        let envelope = self.base.prepare_send(envelope)?;
         self.broker.send(correlation_id, &envelope).await?;
         self.base.sent(correlation_id, &envelope);
         Ok(())
@@ -328,7 +212,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_peek(), "peek")?;
         self.ready(correlation_id).await?;
-        self.cache.peek(correlation_id).await
+        self.buffer.peek(correlation_id).await
     }
 
     async fn peek_batch(
@@ -339,7 +223,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_peek_batch(), "peek_batch")?;
         self.ready(correlation_id).await?;
-        self.cache.peek_batch(correlation_id, message_count).await
+        self.buffer.peek_batch(correlation_id, message_count).await
     }
 
     async fn receive(
@@ -350,25 +234,23 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
         self.ready(correlation_id).await?;
-        let deadline = crate::backend::deadline_after(tokio::time::Instant::now(), wait_timeout);
+        let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let message = match self.cache.receive(correlation_id, wait).await {
-                Err(e) if e.kind() == crate::ErrorKind::NotOpened => {
-                    return Err(Error::not_opened(self.name()).with_backend(self.base.backend()));
+            let message = match self.buffer.receive(correlation_id, wait).await {
+                Err(e) if e.kind() == ErrorKind::NotOpened => {
+                    return Err(
+                        crate::Error::not_opened(self.name()).with_backend(self.base.backend())
+                    );
                 }
                 other => other?,
             };
             match message {
                 // Its lock expired after its last allowed delivery.
-                Some(m)
-                    if self
-                        .base
-                        .options()
-                        .max_deliveries
-                        .is_some_and(|max| m.delivery_count() > max) =>
-                {
-                    self.bury(&m).await?;
+                Some(m) if self.base.is_spent(m.delivery_count().saturating_sub(1)) => {
+                    if let Some(taken) = self.buffer.take_locked(&m) {
+                        self.bury(taken).await?;
+                    }
                 }
                 other => return Ok(other),
             }
@@ -379,14 +261,17 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_renew_lock(), "renew_lock")?;
-        self.cache.renew_lock(message, lock_timeout).await
+        self.buffer.renew_lock(message, lock_timeout).await
     }
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        if self.cache.holds_lock(message) {
-            self.broker.complete(message).await?;
-            self.cache.complete(message).await?;
+        // Take, then acknowledge: once taken, no lock expiry can hand it to anyone else.
+        if let Some(taken) = self.buffer.take_locked(message) {
+            if let Some(handle) = take_handle::<B::Handle>(&taken) {
+                self.broker.complete(&taken, handle).await?;
+            }
+            self.base.settled(Settled::Completed, message);
         }
         Ok(())
     }
@@ -395,22 +280,22 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_abandon(), "abandon")?;
-        if self.cache.holds_lock(message) {
-            if self.spent(message) {
-                return self.bury(message).await;
+        if self.base.is_spent(message.delivery_count()) {
+            if let Some(taken) = self.buffer.take_locked(message) {
+                self.bury(taken).await?;
             }
-            self.broker.abandon(message).await?;
-            self.cache.abandon(message).await?;
+            return Ok(());
         }
-        Ok(())
+        // Redelivered from the buffer, handle and credit kept.
+        self.buffer.abandon(message).await
     }
 
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_dead_letter(), "move_to_dead_letter")?;
-        if self.cache.holds_lock(message) {
-            self.bury(message).await?;
+        if let Some(taken) = self.buffer.take_locked(message) {
+            self.bury(taken).await?;
         }
         Ok(())
     }
@@ -436,6 +321,13 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_clear(), "clear")?;
-        self.cache.clear(correlation_id).await
+        // Cleared messages are deleted: their deliveries are acknowledged.
+        for message in self.buffer.drain_ready() {
+            if let Some(handle) = take_handle::<B::Handle>(&message) {
+                self.broker.complete(&message, handle).await?;
+            }
+        }
+        self.base.changed(correlation_id, "Cleared");
+        Ok(())
     }
 }

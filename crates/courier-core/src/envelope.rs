@@ -42,6 +42,18 @@ pub struct MessageEnvelope {
     pub message: Bytes,
     lock: Option<LockToken>,
     delivery_count: u32,
+    delivery: Option<DeliveryHandle>,
+}
+
+/// What a push broker's delivery leaves on an envelope it pushed: the broker's own handle
+/// (an AMQP delivery tag...) as the push layer keeps it. Opaque to everyone else; clones share it.
+#[derive(Clone)]
+pub(crate) struct DeliveryHandle(pub(crate) std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl fmt::Debug for DeliveryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeliveryHandle")
+    }
 }
 
 impl MessageEnvelope {
@@ -62,6 +74,7 @@ impl MessageEnvelope {
             message: message.into(),
             lock: None,
             delivery_count: 0,
+            delivery: None,
         }
     }
 
@@ -140,6 +153,16 @@ impl MessageEnvelope {
     /// Sets the delivery count; backends call this in `receive`.
     pub fn set_delivery_count(&mut self, count: u32) {
         self.delivery_count = count;
+    }
+
+    /// The push layer's hold on the broker delivery this envelope came from.
+    pub(crate) fn delivery(&self) -> Option<&DeliveryHandle> {
+        self.delivery.as_ref()
+    }
+
+    /// Attaches (or removes) the push layer's hold on a broker delivery.
+    pub(crate) fn set_delivery(&mut self, delivery: Option<DeliveryHandle>) {
+        self.delivery = delivery;
     }
 }
 

@@ -1,8 +1,13 @@
-//! The conformance suite against `CachedMessageQueue` over an in-process push broker that,
-//! like MQTT or core NATS, drops what is published while nobody is subscribed.
+//! `CachedMessageQueue` on the push layer: the conformance suite over an in-process push
+//! broker that, like MQTT or core NATS, drops what is published while nobody is subscribed;
+//! and the push layer's own promises against a broker that records how each delivery was
+//! settled: handles given back once, credits, take-then-acknowledge, nothing stale on reopen,
+//! dead letters counted once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use courier_conformance::{Features, Harness, conformance_tests};
 use courier_core::backend::{MessageSink, PushBroker, QueueBase};
@@ -14,7 +19,7 @@ use courier_core::{
 /// Subscribers of one topic; a message goes to one of them, round robin.
 #[derive(Default)]
 struct Topic {
-    sinks: Vec<(u64, MessageSink)>,
+    sinks: Vec<(u64, MessageSink<()>)>,
     next: usize,
 }
 
@@ -29,15 +34,19 @@ fn topic(name: &str) -> Arc<Mutex<Topic>> {
         .clone()
 }
 
-fn publish(name: &str, envelope: &MessageEnvelope) {
-    let topic = topic(name);
-    let mut topic = topic.lock().unwrap();
-    if topic.sinks.is_empty() {
-        return; // nobody listens: the message is gone, as on a push broker
-    }
-    let i = topic.next % topic.sinks.len();
-    topic.next = topic.next.wrapping_add(1);
-    topic.sinks[i].1.push(envelope.clone());
+async fn publish(name: &str, envelope: &MessageEnvelope) {
+    let sink = {
+        let topic = topic(name);
+        let mut topic = topic.lock().unwrap();
+        if topic.sinks.is_empty() {
+            return; // nobody listens: the message is gone, as on a push broker
+        }
+        let i = topic.next % topic.sinks.len();
+        topic.next = topic.next.wrapping_add(1);
+        topic.sinks[i].1.clone()
+    };
+    // A refused push (the subscriber just closed) is dropped, as the broker would.
+    let _ = sink.push(envelope.clone(), ()).await;
 }
 
 struct LoopbackBroker {
@@ -47,6 +56,7 @@ struct LoopbackBroker {
 
 #[async_trait]
 impl PushBroker for LoopbackBroker {
+    type Handle = ();
     fn capabilities(&self) -> MessagingCapabilities {
         MessagingCapabilities::all()
     }
@@ -56,7 +66,7 @@ impl PushBroker for LoopbackBroker {
     async fn disconnect(&self, _cid: Option<&str>) -> Result<()> {
         Ok(())
     }
-    async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink) -> Result<()> {
+    async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink<()>) -> Result<()> {
         topic(&self.name)
             .lock()
             .unwrap()
@@ -73,11 +83,11 @@ impl PushBroker for LoopbackBroker {
         Ok(())
     }
     async fn send(&self, _cid: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
-        publish(&self.name, envelope);
+        publish(&self.name, envelope).await;
         Ok(())
     }
-    async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
-        publish(&format!("{}.dlq", self.name), message);
+    async fn move_to_dead_letter(&self, message: &MessageEnvelope, _handle: ()) -> Result<()> {
+        publish(&format!("{}.dlq", self.name), message).await;
         Ok(())
     }
 }
@@ -98,7 +108,7 @@ impl Harness for LoopbackHarness {
     }
 
     async fn create(&self, name: &str, options: &[(&str, &str)]) -> Result<Arc<dyn MessageQueue>> {
-        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let mut config =
             ConfigParams::from_tuples([("name", name), ("options.autosubscribe", "true")]);
         for (k, v) in options {
@@ -107,10 +117,257 @@ impl Harness for LoopbackHarness {
         let base = QueueBase::from_config("loopback", &config, None)?;
         let broker = LoopbackBroker {
             name: name.to_owned(),
-            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
         };
         Ok(Arc::new(CachedMessageQueue::new(base, broker)))
     }
 }
 
 conformance_tests!(Some(LoopbackHarness), stress = 2);
+
+/// How a [`RecordingBroker`] settled its deliveries, by handle.
+#[derive(Default, Debug)]
+struct Settlements {
+    completed: Vec<u64>,
+    abandoned: Vec<u64>,
+    dead: Vec<u64>,
+}
+
+/// A broker whose deliveries are numbered; it records every settlement, and its `complete`
+/// takes `ack_delay` (a slow network).
+#[derive(Clone, Default)]
+struct RecordingBroker {
+    sink: Arc<Mutex<Option<MessageSink<u64>>>>,
+    settled: Arc<Mutex<Settlements>>,
+    ack_delay: Duration,
+    dead_letters: bool,
+}
+
+impl RecordingBroker {
+    fn sink(&self) -> MessageSink<u64> {
+        self.sink.lock().unwrap().clone().expect("subscribed")
+    }
+}
+
+#[async_trait]
+impl PushBroker for RecordingBroker {
+    type Handle = u64;
+    fn capabilities(&self) -> MessagingCapabilities {
+        let all = MessagingCapabilities::all();
+        MessagingCapabilities::new(
+            all.can_message_count(),
+            all.can_send(),
+            all.can_receive(),
+            all.can_peek(),
+            all.can_peek_batch(),
+            all.can_renew_lock(),
+            all.can_abandon(),
+            self.dead_letters,
+            all.can_clear(),
+        )
+    }
+    async fn connect(&self, _cid: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn disconnect(&self, _cid: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink<u64>) -> Result<()> {
+        *self.sink.lock().unwrap() = Some(sink);
+        Ok(())
+    }
+    async fn unsubscribe(&self, _cid: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn send(&self, _cid: Option<&str>, _envelope: &MessageEnvelope) -> Result<()> {
+        Ok(())
+    }
+    async fn complete(&self, _message: &MessageEnvelope, handle: u64) -> Result<()> {
+        tokio::time::sleep(self.ack_delay).await;
+        self.settled.lock().unwrap().completed.push(handle);
+        Ok(())
+    }
+    async fn abandon(&self, _message: &MessageEnvelope, handle: u64) -> Result<()> {
+        self.settled.lock().unwrap().abandoned.push(handle);
+        Ok(())
+    }
+    async fn move_to_dead_letter(&self, _message: &MessageEnvelope, handle: u64) -> Result<()> {
+        self.settled.lock().unwrap().dead.push(handle);
+        Ok(())
+    }
+}
+
+async fn recording_queue(
+    broker: &RecordingBroker,
+    options: &str,
+) -> CachedMessageQueue<RecordingBroker> {
+    let config = ConfigParams::from_string(&format!(
+        "name={};options.autosubscribe=true;{options}",
+        courier_conformance::unique_name("push")
+    ))
+    .unwrap();
+    let queue = CachedMessageQueue::new(
+        QueueBase::from_config("recording", &config, None).unwrap(),
+        broker.clone(),
+    );
+    queue.open(None).await.unwrap();
+    queue
+}
+
+fn envelope(i: u64) -> MessageEnvelope {
+    MessageEnvelope::new(None, "t", i.to_string())
+}
+
+#[tokio::test]
+async fn each_handle_reaches_the_broker_once_with_its_message() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "").await;
+    for i in 0..3 {
+        broker.sink().push(envelope(i), 100 + i).await.unwrap();
+    }
+    for _ in 0..3 {
+        let m = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+        let n: u64 = m.message_as_string().unwrap().parse().unwrap();
+        queue.complete(&m).await.unwrap();
+        queue.complete(&m).await.unwrap(); // a second complete settles nothing
+        assert_eq!(
+            broker.settled.lock().unwrap().completed.last(),
+            Some(&(100 + n))
+        );
+    }
+    assert_eq!(
+        broker.settled.lock().unwrap().completed,
+        vec![100, 101, 102]
+    );
+}
+
+#[tokio::test]
+async fn credits_bound_what_the_queue_holds() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "options.max_size=3").await;
+    let sink = broker.sink();
+    for i in 0..3 {
+        sink.push(envelope(i), i).await.unwrap();
+    }
+    assert_eq!(sink.credits(), 0);
+    let fourth = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.push(envelope(3), 3).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!fourth.is_finished(), "a push went past the credits");
+    assert_eq!(queue.held(), 3);
+    // A receive alone frees nothing (the message is still held); settling does.
+    let m = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!fourth.is_finished());
+    queue.complete(&m).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), fourth)
+        .await
+        .expect("the push got the freed credit")
+        .unwrap()
+        .unwrap();
+    assert_eq!(queue.held(), 3);
+}
+
+#[tokio::test]
+async fn a_lock_expiring_during_the_ack_cannot_settle_twice() {
+    let broker = RecordingBroker {
+        ack_delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let queue = Arc::new(recording_queue(&broker, "options.lock_timeout=100").await);
+    broker.sink().push(envelope(0), 7).await.unwrap();
+    let first = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    // The first holder's acknowledgement is slow: its lock would expire meanwhile.
+    let completing = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.complete(&first).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = queue
+        .receive(None, Duration::from_millis(300))
+        .await
+        .unwrap();
+    if let Some(second) = &second {
+        queue.complete(second).await.unwrap();
+    }
+    completing.await.unwrap().unwrap();
+    assert!(
+        second.is_none(),
+        "a message being acknowledged was redelivered"
+    );
+    assert_eq!(broker.settled.lock().unwrap().completed, vec![7]);
+}
+
+#[tokio::test]
+async fn close_gives_held_messages_back_and_refuses_later_pushes() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "").await;
+    let sink = broker.sink();
+    sink.push(envelope(0), 1).await.unwrap();
+    sink.push(envelope(1), 2).await.unwrap();
+    let _locked = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    queue.close(None).await.unwrap();
+    let mut abandoned = broker.settled.lock().unwrap().abandoned.clone();
+    abandoned.sort_unstable();
+    assert_eq!(abandoned, vec![1, 2], "held messages were not given back");
+    let refused = sink.push(envelope(2), 3).await.unwrap_err();
+    assert_eq!(refused.0, 3, "the refused handle comes back");
+    assert!(sink.is_closed());
+    queue.open(None).await.unwrap();
+    assert_eq!(
+        queue.read_message_count().await.unwrap(),
+        0,
+        "stale messages came back"
+    );
+    broker.sink().push(envelope(3), 4).await.unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn spent_and_dead_lettered_messages_settle_at_the_broker() {
+    let broker = RecordingBroker {
+        dead_letters: true,
+        ..Default::default()
+    };
+    let queue = recording_queue(&broker, "options.max_deliveries=2").await;
+    broker.sink().push(envelope(0), 10).await.unwrap();
+    broker.sink().push(envelope(1), 11).await.unwrap();
+    let a = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    queue.move_to_dead_letter(&a).await.unwrap();
+    for _ in 0..2 {
+        let b = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+        queue.abandon(&b).await.unwrap();
+    }
+    let settled = broker.settled.lock().unwrap();
+    assert_eq!(settled.dead, vec![10, 11]);
+    assert!(settled.completed.is_empty() && settled.abandoned.is_empty());
+}
+
+#[tokio::test]
+async fn without_broker_dead_letters_spent_messages_stay_local_and_are_acknowledged() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "options.max_deliveries=1").await;
+    broker.sink().push(envelope(0), 5).await.unwrap();
+    let m = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    queue.abandon(&m).await.unwrap();
+    assert_eq!(broker.settled.lock().unwrap().completed, vec![5]);
+    let dead = queue.local_dead_letters();
+    assert_eq!(dead.read_message_count().await.unwrap(), 1);
+    assert_eq!(queue.read_message_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn clear_acknowledges_what_it_removes() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "").await;
+    broker.sink().push(envelope(0), 1).await.unwrap();
+    broker.sink().push(envelope(1), 2).await.unwrap();
+    queue.clear(None).await.unwrap();
+    assert_eq!(broker.settled.lock().unwrap().completed, vec![1, 2]);
+    assert_eq!(
+        broker.sink().credits(),
+        courier_core::backend::push::DEFAULT_CREDITS
+    );
+}

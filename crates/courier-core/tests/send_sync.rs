@@ -28,7 +28,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<Descriptor>();
     send_sync::<DefaultMessagingFactory>();
     send_sync::<MemoryMessageQueueFactory>();
-    send_sync::<MessageSink>();
+    send_sync::<MessageSink<u64>>();
+    send_sync::<Closed<u64>>();
     send_sync::<Arc<dyn MessageQueue>>();
 }
 

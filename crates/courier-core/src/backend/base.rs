@@ -166,6 +166,7 @@ impl QueueBase {
         envelope.sent_time = Some(chrono::Utc::now());
         envelope.set_lock_token(None);
         envelope.set_delivery_count(0);
+        envelope.set_delivery(None);
         Ok(envelope)
     }
 

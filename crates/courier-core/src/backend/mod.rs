@@ -10,6 +10,8 @@
 //! * [`run_listener`] and [`ListenControl`]: the one `listen` loop, with its stop signal.
 //! * [`LockToken`] and [`LockedMessage`]: how a received message is tied to its lock.
 //! * [`Backoff`]: bounded exponential backoff with jitter, for reconnects.
+//! * [`push`]: the push layer under [`CachedMessageQueue`](crate::CachedMessageQueue):
+//!   [`PushBroker`], [`MessageSink`], delivery handles, credits, take-then-acknowledge.
 //! * [`config_from_uri`], [`check_known_options`], [`ConnectionParams`], [`CredentialParams`]:
 //!   reading a URI or pip-services config once, rejecting unknown keys, hiding passwords.
 //! * [`register_scheme`], [`QueueProvider`], [`named_config`]: making `connect(uri)` and the
@@ -20,6 +22,7 @@
 mod base;
 mod listen;
 mod lock;
+pub mod push;
 mod retry;
 
 pub use base::{QueueBase, Settled, deadline_after};
@@ -27,9 +30,9 @@ pub use listen::{ListenControl, ListenTicket, run_listener};
 pub use lock::{LockToken, LockedMessage};
 pub use retry::Backoff;
 
-pub use crate::cached::{MessageSink, PushBroker};
 pub use crate::connection::{
     ConnectionParams, CredentialParams, check_known_options, check_userinfo, config_from_uri,
 };
 pub use crate::factory::{QueueProvider, named_config, register_scheme, registered_schemes};
 pub use crate::options::{OPTION_KEYS, resolve_name};
+pub use push::{Closed, MessageSink, PushBroker};

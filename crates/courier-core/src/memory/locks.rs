@@ -87,6 +87,7 @@ impl Locks {
         self.locked.len()
     }
 
+    #[cfg(test)]
     pub(super) fn is_locked(&self, token: u64) -> bool {
         self.locked.contains_key(&token)
     }
@@ -151,6 +152,18 @@ impl Locks {
         locked.token.settle();
         self.compact();
         Some(without_delivery(locked.message))
+    }
+
+    /// Deletes every lock and hands back their messages as stored again.
+    pub(super) fn drain(&mut self) -> Vec<MessageEnvelope> {
+        self.deadlines.clear();
+        self.locked
+            .drain()
+            .map(|(_, locked)| {
+                locked.token.settle();
+                without_delivery(locked.message)
+            })
+            .collect()
     }
 
     /// Releases the lock: its message is to be requeued, or is dead if it reached

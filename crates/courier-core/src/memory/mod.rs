@@ -192,6 +192,11 @@ impl MemoryMessageQueue {
             .clone()
     }
 
+    /// How many messages are ready, without releasing expired locks first.
+    pub(crate) fn ready_len_now(&self) -> usize {
+        self.inner.ready.lock().len()
+    }
+
     /// How many messages are locked (received and not yet settled).
     pub fn locked_count(&self) -> usize {
         self.inner.locks.lock().len()
@@ -294,10 +299,34 @@ impl MemoryMessageQueue {
         self.inner.arrived.notify_one();
     }
 
-    /// Whether `message` holds a live lock of this queue.
-    pub(crate) fn holds_lock(&self, message: &MessageEnvelope) -> bool {
-        self.lock_of(message)
-            .is_some_and(|token| self.inner.locks.lock().is_locked(token))
+    /// Deletes the lock of `message` and hands back the message as stored (with its broker
+    /// delivery, for the push layer): the "take" of take-then-settle. `None` if this queue
+    /// holds no such lock, so that only one caller ever gets it.
+    pub(crate) fn take_locked(&self, message: &MessageEnvelope) -> Option<MessageEnvelope> {
+        let token = self.lock_of(message)?;
+        // No sweep first: completing a lock that expired a moment ago but was not yet
+        // released is as good as completing it in time (the message was not redelivered).
+        let removed = self.with_locks(|locks| locks.remove(token));
+        if removed.is_some() {
+            self.freed(1);
+        }
+        removed
+    }
+
+    /// Takes every message out of the queue, ready and locked (the push layer's `close`).
+    pub(crate) fn drain(&self) -> Vec<MessageEnvelope> {
+        let mut all = self.drain_ready();
+        let locked = self.with_locks(Locks::drain);
+        self.freed(locked.len());
+        all.extend(locked);
+        all
+    }
+
+    /// Takes every ready message out of the queue.
+    pub(crate) fn drain_ready(&self) -> Vec<MessageEnvelope> {
+        let ready: Vec<_> = self.inner.ready.lock().drain(..).collect();
+        self.freed(ready.len());
+        ready
     }
 
     /// Room was made in a bounded queue.
@@ -532,14 +561,8 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.base().check_open()?;
-        if let Some(token) = self.lock_of(message) {
-            // No sweep first: completing a lock that expired a moment ago but was not yet
-            // released is as good as completing it in time (the message was not redelivered).
-            let removed = self.with_locks(|locks| locks.remove(token));
-            if removed.is_some() {
-                self.base().settled(Settled::Completed, message);
-                self.freed(1);
-            }
+        if self.take_locked(message).is_some() {
+            self.base().settled(Settled::Completed, message);
         }
         Ok(())
     }
@@ -603,13 +626,7 @@ impl MessageQueue for MemoryMessageQueue {
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base().check_open()?;
         self.release_expired(Instant::now());
-        let removed = {
-            let mut ready = self.inner.ready.lock();
-            let n = ready.len();
-            ready.clear();
-            n
-        };
-        self.freed(removed);
+        self.drain_ready();
         self.base().changed(correlation_id, "Cleared");
         Ok(())
     }
