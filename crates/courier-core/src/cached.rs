@@ -109,11 +109,18 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     async fn ready(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base.check_open()?;
         let mut subscription = self.subscription.lock().await;
+        // Checked again under the lock: a `close` may have ended the subscription meanwhile.
+        self.base.check_open()?;
         if subscription.is_none() {
             let credits = self.base.options().max_size.unwrap_or(DEFAULT_CREDITS);
             let credits = Arc::new(Semaphore::new(credits));
             let sink = MessageSink::new(self.buffer.clone(), credits.clone());
+            // A subscribe that fails or is cancelled leaves no live sink behind: what the
+            // broker pushes into it is refused (and given back), and the next call subscribes
+            // again.
+            let mut unfinished = CloseOnDrop(Some(credits.clone()));
             self.broker.subscribe(correlation_id, sink).await?;
+            unfinished.0 = None;
             *subscription = Some(credits);
         }
         Ok(())
@@ -126,6 +133,13 @@ impl<B: PushBroker> CachedMessageQueue<B> {
         };
         credits.close();
         let unsubscribed = self.broker.unsubscribe(correlation_id).await;
+        self.give_back_held().await;
+        unsubscribed
+    }
+
+    /// Gives every message the buffer holds back to the broker (on close, and on open for
+    /// any a receive racing the close still locked).
+    async fn give_back_held(&self) {
         for message in self.buffer.drain() {
             if let Some(handle) = take_handle::<B::Handle>(&message) {
                 if let Err(e) = self.broker.abandon(&message, handle).await {
@@ -133,7 +147,17 @@ impl<B: PushBroker> CachedMessageQueue<B> {
                 }
             }
         }
-        unsubscribed
+    }
+}
+
+/// Closes a subscription's credits unless forgotten: a subscribe that did not finish.
+struct CloseOnDrop(Option<Arc<Semaphore>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(credits) = self.0.take() {
+            credits.close();
+        }
     }
 }
 
@@ -166,6 +190,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         }
         self.broker.connect(correlation_id).await?;
         self.buffer.open(correlation_id).await?;
+        // Nothing of an earlier subscription is delivered again from here.
+        self.give_back_held().await;
         self.base.set_open(true);
         if self.base.options().autosubscribe {
             if let Err(e) = self.ready(correlation_id).await {
@@ -321,13 +347,16 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_clear(), "clear")?;
-        // Cleared messages are deleted: their deliveries are acknowledged.
+        // Cleared messages are deleted: their deliveries are acknowledged, every one of them
+        // even when one acknowledgement fails (the first error is returned).
+        let mut result = Ok(());
         for message in self.buffer.drain_ready() {
             if let Some(handle) = take_handle::<B::Handle>(&message) {
-                self.broker.complete(&message, handle).await?;
+                let acked = self.broker.complete(&message, handle).await;
+                result = result.and(acked);
             }
         }
         self.base.changed(correlation_id, "Cleared");
-        Ok(())
+        result
     }
 }

@@ -125,39 +125,35 @@ impl fmt::Debug for CredentialParams {
 /// ```
 pub fn redact_uri(uri: &str) -> String {
     let start = uri.find("://").map_or(0, |i| i + 3);
-    let mut out = String::with_capacity(uri.len());
-    let rest = match uri[start..].rfind('@').map(|at| start + at) {
+    let hidden_userinfo = match uri[start..].rfind('@').map(|at| start + at) {
         Some(at) => match uri[start..at].find(':').map(|c| start + c) {
-            Some(colon) => {
-                out.push_str(&uri[..=colon]);
-                out.push_str("***");
-                at
-            }
-            None => {
-                out.push_str(&uri[..at]);
-                at
-            }
+            Some(colon) => format!("{}***{}", &uri[..=colon], &uri[at..]),
+            None => uri.to_owned(),
         },
-        None => 0,
+        None => uri.to_owned(),
     };
-    let rest = &uri[rest..];
-    let (head, query) = match rest.find('?') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    out.push_str(head);
-    if let Some(query) = query.strip_prefix('?') {
-        out.push('?');
-        // A secret's value runs to the next `&`, `#` included: it may be part of the secret.
-        let masked: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if is_secret(k) => format!("{k}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&masked.join("&"));
+    hide_secret_parameters(&hidden_userinfo)
+}
+
+/// Every `?key=value` or `&key=value` whose key names a secret, wherever it stands, with its
+/// value (up to the next `&`, `#` included: it may be part of the secret) replaced by `***`.
+fn hide_secret_parameters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['?', '&']) {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let end = rest.find(['&', '?']).unwrap_or(rest.len());
+        match rest[..end].split_once('=') {
+            Some((key, _)) if is_secret(key) => {
+                out.push_str(key);
+                out.push_str("=***");
+                rest = &rest[end..];
+            }
+            _ => {}
+        }
     }
+    out.push_str(rest);
     out
 }
 
@@ -226,14 +222,22 @@ pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
 /// [`ErrorKind::Config`](crate::ErrorKind::Config), without repeating the URI.
 pub fn check_userinfo(uri: &str) -> Result<()> {
     let start = uri.find("://").map_or(0, |i| i + 3);
-    if let Some(at) = uri[start..].rfind('@') {
-        let userinfo = &uri[start..start + at];
-        if userinfo.contains(':') && userinfo.contains(['/', '?', '#']) {
-            return Err(Error::config(
-                "uri",
-                "the password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)",
-            ));
-        }
+    let authority_end = uri[start..]
+        .find(['/', '?', '#'])
+        .map_or(uri.len(), |i| start + i);
+    let authority = &uri[start..authority_end];
+    // `user:pa/ss@host`: the authority a parser sees is `user:pa`, with no `@`, a "port" that is
+    // not a number, and the real `@` further on.
+    let cut_password = !authority.contains('@')
+        && uri[authority_end..].contains('@')
+        && authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()));
+    if cut_password {
+        return Err(Error::config(
+            "uri",
+            "the password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)",
+        ));
     }
     Ok(())
 }
@@ -327,6 +331,18 @@ mod tests {
         assert_eq!(redact_uri("postgres://u:p#s@h/db"), "postgres://u:***@h/db");
         assert_eq!(redact_uri("redis://:a@b@h:1/0"), "redis://:***@h:1/0");
         assert_eq!(
+            redact_uri("postgres://db/app?user=admin@srv&password=s3cret"),
+            "postgres://db/app?user=admin@srv&password=***"
+        );
+        assert_eq!(
+            redact_uri("postgres://db/app?password=p@ss"),
+            "postgres://db/app?password=***"
+        );
+        assert_eq!(
+            redact_uri("postgres://db:5432/app?user=a@b&password=x"),
+            "postgres://db:***@b&password=***"
+        );
+        assert_eq!(
             redact_uri("sqlite::memory:?queue=q"),
             "sqlite::memory:?queue=q"
         );
@@ -344,6 +360,8 @@ mod tests {
         }
         assert!(config_from_uri("postgres://u:p%23x@h/db").is_ok());
         assert!(config_from_uri("memory://q/a@b?x=1").is_ok());
+        assert!(config_from_uri("postgres://u:pw@h:5432/db?application_name=me@x").is_ok());
+        assert!(config_from_uri("postgres://h:5432/db?application_name=me@x").is_ok());
     }
 
     #[test]

@@ -371,3 +371,57 @@ async fn clear_acknowledges_what_it_removes() {
         courier_core::backend::push::DEFAULT_CREDITS
     );
 }
+
+/// A broker whose `subscribe` takes a while, and that keeps every sink it was given.
+#[derive(Clone, Default)]
+struct SlowSubscribe(Arc<Mutex<Vec<MessageSink<()>>>>);
+
+#[async_trait]
+impl PushBroker for SlowSubscribe {
+    type Handle = ();
+    fn capabilities(&self) -> MessagingCapabilities {
+        MessagingCapabilities::all()
+    }
+    async fn connect(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn disconnect(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn subscribe(&self, _: Option<&str>, sink: MessageSink<()>) -> Result<()> {
+        self.0.lock().unwrap().push(sink);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+    async fn unsubscribe(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn send(&self, _: Option<&str>, _: &MessageEnvelope) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_subscribe_leaves_no_live_sink_behind() {
+    let broker = SlowSubscribe::default();
+    let config = ConfigParams::from_string("name=slow-subscribe").unwrap();
+    let queue = CachedMessageQueue::new(
+        QueueBase::from_config("slow", &config, None).unwrap(),
+        broker.clone(),
+    );
+    queue.open(None).await.unwrap();
+    // The first subscribe is cancelled halfway.
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.peek(None)).await;
+    assert!(cancelled.is_err());
+    let first = broker.0.lock().unwrap()[0].clone();
+    assert!(
+        first.is_closed(),
+        "the sink of a cancelled subscribe still takes pushes"
+    );
+    assert!(first.push(envelope(0), ()).await.is_err());
+    // The next operation subscribes again, and that sink is live.
+    assert!(queue.peek(None).await.unwrap().is_none());
+    let second = broker.0.lock().unwrap()[1].clone();
+    second.push(envelope(1), ()).await.unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+}

@@ -67,9 +67,11 @@ pub struct SqlMessageQueue {
     poll_interval: Duration,
     /// Messages claimed for `receive` calls that were cancelled (see [`Keeper`]).
     stash: Arc<Mutex<VecDeque<MessageEnvelope>>>,
-    /// Claims in flight and the keepers' timers: `close` waits for them before it gives the
-    /// kept claims back.
+    /// Claims in flight: `close` waits for them before it gives the kept claims back. Closed
+    /// from the start, so that `wait` returns whenever none runs.
     claims: TaskTracker,
+    /// Serializes `open` and `close`, so that each counts once on the shared store.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl SqlMessageQueue {
@@ -136,7 +138,12 @@ impl SqlMessageQueue {
             dead_letter_queue,
             poll_interval,
             stash: Arc::new(Mutex::new(VecDeque::new())),
-            claims: TaskTracker::new(),
+            claims: {
+                let claims = TaskTracker::new();
+                claims.close();
+                claims
+            },
+            lifecycle: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -196,19 +203,31 @@ impl SqlMessageQueue {
         Ok(done)
     }
 
-    /// A message a cancelled receive kept, if its lock is still fresh.
-    fn take_stashed(&self) -> Option<MessageEnvelope> {
-        // Only while its lock has a good while to go: one about to expire may be claimed by
-        // someone else any moment, and the database redelivers it anyway.
+    /// A message a cancelled receive kept, if its lock is still fresh. Kept claims about to
+    /// expire (someone else may claim them any moment) are given back uncounted instead.
+    async fn take_stashed(&self, store: &SqlStore) -> Option<MessageEnvelope> {
         let margin = micros(self.base.options().lock_timeout / 10).min(1_000_000);
         let now = now_micros();
-        let mut stash = self.stash.lock();
-        while let Some(message) = stash.pop_front() {
-            if Self::lock_of(&message).is_some_and(|lock| lock.until.saturating_sub(now) > margin) {
-                return Some(message);
+        let mut stale = Vec::new();
+        let fresh = {
+            let mut stash = self.stash.lock();
+            let mut fresh = None;
+            while let Some(message) = stash.pop_front() {
+                match Self::lock_of(&message) {
+                    Some(lock) if lock.until.saturating_sub(now) > margin => {
+                        fresh = Some(message);
+                        break;
+                    }
+                    Some(lock) => stale.push(lock),
+                    None => {}
+                }
             }
+            fresh
+        };
+        for lock in stale {
+            let _ = store.unclaim(self.name(), lock.id, lock.token).await;
         }
-        None
+        fresh
     }
 
     /// One claim, in a task of its own so that a cancelled receive loses nothing.
@@ -485,6 +504,7 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
+        let _lifecycle = self.lifecycle.lock().await;
         if self.is_open() {
             return Ok(());
         }
@@ -500,6 +520,7 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn close(&self, correlation_id: Option<&str>) -> Result<()> {
+        let _lifecycle = self.lifecycle.lock().await;
         if !self.is_open() {
             return Ok(());
         }
@@ -508,7 +529,6 @@ impl MessageQueue for SqlMessageQueue {
         // Claims still running for receives that were dropped (a listen loop stopping, a
         // `select!`) land in the stash; wait for them, then give every kept claim back
         // uncounted: nobody was handed those messages.
-        self.claims.close();
         let settle = self.base.options().lock_timeout.min(Duration::from_secs(5));
         if tokio::time::timeout(settle, self.claims.wait())
             .await
@@ -519,7 +539,6 @@ impl MessageQueue for SqlMessageQueue {
                 "claims still running at close; their messages come back when their locks expire"
             );
         }
-        self.claims.reopen();
         let kept: Vec<_> = self.stash.lock().drain(..).collect();
         let store = self.store.lock().clone();
         if let Some(store) = &store {
@@ -530,8 +549,10 @@ impl MessageQueue for SqlMessageQueue {
             }
         }
         if let Source::Url { url, options } = &self.source {
-            self.store.lock().take();
-            SqlStore::release_shared(url, options).await;
+            let released = self.store.lock().take();
+            if released.is_some() {
+                SqlStore::release_shared(url, options).await;
+            }
         }
         self.base.changed(correlation_id, "Closed");
         Ok(())
@@ -573,7 +594,7 @@ impl MessageQueue for SqlMessageQueue {
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
         let store = self.store()?;
-        if let Some(message) = self.take_stashed() {
+        if let Some(message) = self.take_stashed(&store).await {
             self.base.received(correlation_id, &message);
             return Ok(Some(message));
         }

@@ -392,8 +392,8 @@ impl SqlStore {
 
     /// PostgreSQL: forwards `NOTIFY courier, '<queue>'` from other processes to local
     /// receivers, on a connection of its own (never one of the pool's). When the connection
-    /// breaks it reconnects with [`Backoff`]; receivers poll meanwhile, and all of them are woken
-    /// once it is back.
+    /// breaks it reconnects with [`Backoff`]; receivers poll (every `poll_interval`) meanwhile,
+    /// and the first notification after an outage wakes all of them.
     #[cfg_attr(
         not(feature = "postgres"),
         allow(clippy::unused_async, unused_variables)

@@ -108,3 +108,18 @@ async fn close_returns_within_a_second() {
         );
     }
 }
+
+#[tokio::test]
+async fn closing_one_queue_twice_at_once_leaves_the_shared_store_to_the_others() {
+    let Some(url) = postgres().await else { return };
+    courier_sql::register();
+    let a = connect(&format!("{url}?queue=twice-a")).await.unwrap();
+    let b = connect(&format!("{url}?queue=twice-b")).await.unwrap();
+    let (first, second) = tokio::join!(a.close(None), a.close(None));
+    first.unwrap();
+    second.unwrap();
+    b.read_message_count()
+        .await
+        .expect("the store was closed under a queue still using it");
+    b.close(None).await.unwrap();
+}

@@ -82,6 +82,8 @@ proptest! {
                     format!("{scheme}://user:{password}@[::1/db?queue=q"),
                     format!("{scheme}//user:{password}@127.0.0.1/db"),
                     format!("{scheme}://127.0.0.1:1/db?queue=q&password={password}"),
+                    format!("{scheme}://127.0.0.1/app?user=admin@srv&password={password}&queue=q"),
+                    format!("{scheme}://127.0.0.1:1/db?user=a@b&password={password}&queue=q"),
                 ] {
                     try_uri(&uri, &password).await;
                 }

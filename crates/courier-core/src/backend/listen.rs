@@ -62,10 +62,14 @@ impl Default for ListenControl {
 impl ListenControl {
     /// A control with no loop running.
     pub fn new() -> Self {
+        let running = TaskTracker::new();
+        // Closed from the start, for good: `wait` then returns whenever no loop runs, and
+        // concurrent waiters never reopen it under each other.
+        running.close();
         ListenControl {
             id: NEXT_CONTROL.fetch_add(1, Ordering::Relaxed),
             current: Mutex::new(CancellationToken::new()),
-            running: TaskTracker::new(),
+            running,
         }
     }
 
@@ -86,12 +90,9 @@ impl ListenControl {
     ///
     /// Cancel safe (it only waits).
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
-        self.running.close();
-        let idle = tokio::time::timeout(timeout, self.running.wait())
+        tokio::time::timeout(timeout, self.running.wait())
             .await
-            .is_ok();
-        self.running.reopen();
-        idle
+            .is_ok()
     }
 
     /// The stop signal of a loop that starts later, taken now: `begin_listen` takes one

@@ -76,6 +76,8 @@ pub trait PushBroker: Send + Sync + 'static {
 
     /// Starts pushing the queue's messages into `sink`. Called once per subscription: on
     /// `open` with `options.autosubscribe`, else on the first peek, receive, count or listen.
+    /// After a `subscribe` that failed or was cancelled the queue calls it again with a new
+    /// sink: it replaces the earlier one, whose pushes are refused with [`Closed`].
     ///
     /// # Errors
     ///
