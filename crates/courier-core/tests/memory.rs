@@ -185,3 +185,79 @@ async fn a_receiver_that_settles_itself_is_not_settled_again() {
     assert_eq!(q.read_message_count().await.unwrap(), 0);
     assert_eq!(q.locked_count(), 0);
 }
+
+/// A bounded queue never holds more than `max_size` messages, also while messages move between
+/// the lock table and the ready list (abandoned over and over): producers woken by the room a
+/// completion makes never slip in through that gap. Held messages are counted as sends that
+/// returned minus completions already begun: never more than the queue really holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_queue_never_overshoots_while_messages_move() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let config =
+        courier_core::ConfigParams::from_string("name=bounded-moving;options.max_size=4").unwrap();
+    let queue = courier_core::MemoryMessageQueue::with_config(&config).unwrap();
+    queue.open(None).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let completed = Arc::new(AtomicUsize::new(0));
+    let worst = Arc::new(AtomicUsize::new(0));
+    let mut producers = Vec::new();
+    for _ in 0..3 {
+        let (queue, sent, completed, worst) = (
+            queue.clone(),
+            sent.clone(),
+            completed.clone(),
+            worst.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            loop {
+                let envelope = courier_core::MessageEnvelope::new(None, "t", "x");
+                queue.send(None, envelope).await.unwrap();
+                let held =
+                    sent.fetch_add(1, Ordering::SeqCst) + 1 - completed.load(Ordering::SeqCst);
+                worst.fetch_max(held, Ordering::SeqCst);
+            }
+        }));
+    }
+    let mut churn = Vec::new();
+    for _ in 0..2 {
+        let (queue, stop, completed) = (queue.clone(), stop.clone(), completed.clone());
+        churn.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(m) = queue
+                    .receive(None, std::time::Duration::ZERO)
+                    .await
+                    .unwrap()
+                {
+                    n += 1;
+                    if n % 4 == 0 {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                        queue.complete(&m).await.unwrap();
+                    } else {
+                        queue.abandon(&m).await.unwrap();
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in churn {
+        task.await.unwrap();
+    }
+    for p in &producers {
+        p.abort();
+    }
+    let worst = worst.load(Ordering::SeqCst);
+    assert!(
+        sent.load(Ordering::SeqCst) > 100,
+        "too little traffic to tell"
+    );
+    assert!(
+        worst <= 4,
+        "the bounded queue held {worst} messages, over its max_size of 4"
+    );
+}
