@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
 use crate::backend::push::{DEFAULT_CREDITS, take_handle};
-use crate::backend::{ListenControl, MessageSink, PushBroker, QueueBase, Settled, deadline_after};
+use crate::backend::{MessageSink, PushBroker, QueueBase, Settled, deadline_after};
 use crate::{
     ErrorKind, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
     MessagingCapabilities, Result,
@@ -64,11 +64,6 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     /// The broker.
     pub fn broker(&self) -> &B {
         &self.broker
-    }
-
-    /// The shared queue state.
-    pub fn base(&self) -> &QueueBase {
-        &self.base
     }
 
     /// Where spent messages go when the broker has no dead letters of its own: an in-process
@@ -339,8 +334,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.end_listen();
     }
 
-    fn listen_control(&self) -> Option<&ListenControl> {
-        Some(self.base.listen_control())
+    fn base(&self) -> Option<&QueueBase> {
+        Some(&self.base)
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {

@@ -277,6 +277,7 @@ impl fmt::Debug for DefaultMessagingFactory {
 ///
 /// [`ErrorKind::Config`](crate::ErrorKind::Config) if neither gives a name.
 pub fn named_config(locator: &Descriptor, config: &ConfigParams) -> Result<ConfigParams> {
+    check_kind_matches_scheme(locator.kind(), config)?;
     let mut config = config.clone();
     if locator.name() != "*" {
         config.remove("queue");
@@ -289,6 +290,43 @@ pub fn named_config(locator: &Descriptor, config: &ConfigParams) -> Result<Confi
         ));
     }
     Ok(config)
+}
+
+/// The URI schemes each descriptor kind takes besides its own name (and its name with an `s`
+/// for TLS): what pip-services writes in `connection.protocol`.
+const SCHEME_ALIASES: [(&str, &str); 6] = [
+    ("postgres", "postgresql"),
+    ("mysql", "mariadb"),
+    ("rabbitmq", "amqp"),
+    ("rabbitmq", "amqps"),
+    ("mqtt", "tcp"),
+    ("mqtt", "ssl"),
+];
+
+/// `Config` if the configuration's URI (or `connection.protocol`) names another backend than
+/// the descriptor's kind: a `postgres` descriptor with a `sqlite://` URI is a mistake, not a
+/// SQLite queue.
+fn check_kind_matches_scheme(kind: &str, config: &ConfigParams) -> Result<()> {
+    let scheme = match config.get("connection.uri") {
+        Some(uri) => uri.split(':').next().unwrap_or_default(),
+        None => match config.get("connection.protocol") {
+            Some(protocol) => protocol,
+            None => return Ok(()),
+        },
+    };
+    let (kind, scheme) = (kind.to_ascii_lowercase(), scheme.to_ascii_lowercase());
+    let matches = kind == "*"
+        || scheme == kind
+        || scheme.strip_suffix('s') == Some(kind.as_str())
+        || SCHEME_ALIASES.contains(&(kind.as_str(), scheme.as_str()));
+    if matches {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "connection.uri",
+            format!("a `{kind}` descriptor cannot use a `{scheme}:` address"),
+        ))
+    }
 }
 
 /// Creates the queue a URI or [`ConfigParams`] describes, for one URI scheme.
@@ -454,6 +492,24 @@ mod tests {
             factory.create(&unnamed).unwrap_err().kind(),
             ErrorKind::Config
         );
+    }
+
+    #[test]
+    fn descriptor_kind_must_match_the_uri_scheme() {
+        let mut factory = DefaultMessagingFactory::new();
+        factory.configure(&ConfigParams::from_tuples([(
+            "connection.uri",
+            "sqlite:///tmp/x.db",
+        )]));
+        let locator: Descriptor = "pip-services:message-queue:memory:q:1.0".parse().unwrap();
+        let err = factory.create_queue(&locator).map(drop).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("`memory` descriptor"), "{err}");
+        let ok = ConfigParams::from_tuples([("connection.uri", "postgresql://h/db")]);
+        assert!(check_kind_matches_scheme("postgres", &ok).is_ok());
+        let tls = ConfigParams::from_tuples([("connection.protocol", "amqps")]);
+        assert!(check_kind_matches_scheme("rabbitmq", &tls).is_ok());
+        assert!(check_kind_matches_scheme("mysql", &ok).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::backend::ListenControl;
+use crate::backend::QueueBase;
 use crate::{Error, ErrorKind, MessageEnvelope, MessageReceiver, MessagingCapabilities, Result};
 
 /// A message queue with the whole pip-services surface.
@@ -246,10 +246,12 @@ pub trait MessageQueue: Send + Sync {
     /// `listen` starts afresh; `clear` never restarts a stopped loop.
     fn end_listen(&self, correlation_id: Option<&str>);
 
-    /// The control of this queue's listen loops, if it has one. Backends that embed a
-    /// [`QueueBase`](crate::backend::QueueBase) return `Some(base.listen_control())`, so that
-    /// [`begin_listen`](MessageQueueExt::begin_listen) can be stopped before its task runs.
-    fn listen_control(&self) -> Option<&ListenControl> {
+    /// The shared state of this queue, for backends that embed a
+    /// [`QueueBase`](crate::backend::QueueBase) (every courier backend does, returning
+    /// `Some(&self.base)`). It lets [`begin_listen`](MessageQueueExt::begin_listen) be stopped
+    /// before its task runs, and `Debug` for `dyn MessageQueue` show the backend and the
+    /// (redacted) address.
+    fn base(&self) -> Option<&QueueBase> {
         None
     }
 
@@ -266,6 +268,34 @@ pub trait MessageQueue: Send + Sync {
     /// Cancel safe on the memory queue; on remote backends a cancelled clear may have removed
     /// some messages.
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()>;
+}
+
+/// What `connect` returns can be printed: name, backend, address (without its password) and
+/// whether it is open.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> courier_core::Result<()> {
+/// let queue = courier_core::connect("memory://debugged?lock_timeout=500").await?;
+/// assert_eq!(
+///     format!("{queue:?}"),
+///     r#"MessageQueue { name: "debugged", backend: "memory", uri: "memory://debugged?lock_timeout=500", open: true }"#
+/// );
+/// # Ok(())
+/// # }
+/// ```
+impl fmt::Debug for dyn MessageQueue + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("MessageQueue");
+        d.field("name", &self.name());
+        if let Some(base) = self.base() {
+            d.field("backend", &base.backend());
+            if let Some(uri) = &base.connection().uri {
+                d.field("uri", &crate::redact_uri(uri));
+            }
+        }
+        d.field("open", &self.is_open()).finish()
+    }
 }
 
 /// The future every `MessageQueue` method returns (what `#[async_trait]` generates).
@@ -306,7 +336,7 @@ macro_rules! forward_message_queue {
             fn listen<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, r: Arc<dyn MessageReceiver>) -> QueueFuture<'f, ()>
             where 's: 'f, 'c: 'f, Self: 'f { (**self).listen(cid, r) }
             fn end_listen(&self, cid: Option<&str>) { (**self).end_listen(cid) }
-            fn listen_control(&self) -> Option<&ListenControl> { (**self).listen_control() }
+            fn base(&self) -> Option<&QueueBase> { (**self).base() }
             fn clear<'s, 'c, 'f>(&'s self, cid: Option<&'c str>) -> QueueFuture<'f, ()>
             where 's: 'f, 'c: 'f, Self: 'f { (**self).clear(cid) }
         }
@@ -358,7 +388,7 @@ pub trait MessageQueueExt: MessageQueue {
     where
         Self: Clone + Sized + 'static,
     {
-        let ticket = self.listen_control().map(ListenControl::ticket);
+        let ticket = self.base().map(|base| base.listen_control().ticket());
         let queue = self.clone();
         let correlation_id = correlation_id.map(str::to_owned);
         let task = async move {

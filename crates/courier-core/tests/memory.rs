@@ -261,3 +261,11 @@ async fn bounded_queue_never_overshoots_while_messages_move() {
         "the bounded queue held {worst} messages, over its max_size of 4"
     );
 }
+
+#[test]
+fn a_misspelt_option_in_config_params_is_an_error() {
+    let config = courier_core::ConfigParams::from_string("name=q;options.lock_timout=5").unwrap();
+    let err = courier_core::MemoryMessageQueue::with_config(&config).unwrap_err();
+    assert_eq!(err.kind(), courier_core::ErrorKind::Config);
+    assert!(err.to_string().contains("options.lock_timout"), "{err}");
+}

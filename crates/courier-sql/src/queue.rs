@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_core::backend::{
-    ListenControl, LockToken, OPTION_KEYS, QueueBase, check_known_options, deadline_after,
+    LockToken, OPTION_KEYS, QueueBase, check_known_options, deadline_after,
 };
 use courier_core::{
     ConfigParams, Error, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities,
@@ -696,8 +696,8 @@ impl MessageQueue for SqlMessageQueue {
         self.base.end_listen();
     }
 
-    fn listen_control(&self) -> Option<&ListenControl> {
-        Some(self.base.listen_control())
+    fn base(&self) -> Option<&QueueBase> {
+        Some(&self.base)
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {

@@ -12,12 +12,17 @@ pub use courier_core::*;
 )]
 pub use courier_sql as sql;
 
-/// Registers the URI schemes and descriptors of every enabled backend. [`connect`] and
-/// [`messaging_factory`] call it; call it yourself before
-/// [`create_from_uri`]. Idempotent.
+/// Registers the URI schemes of every enabled backend with the core's registry. Every path of
+/// this crate that creates queues ([`connect`], [`create_from_uri`],
+/// [`DefaultMessagingFactory::new`], [`messaging_factory`]) calls it first, so there is no need
+/// to call it yourself; it is public for code that mixes in `courier_core` directly.
+/// Idempotent.
 pub fn register_backends() {
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    courier_sql::register();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+        courier_sql::register();
+    });
 }
 
 /// Creates and opens the queue `uri` names, on any enabled backend: `memory://NAME`, and with
@@ -37,13 +42,69 @@ pub async fn connect(uri: &str) -> Result<std::sync::Arc<dyn MessageQueue>> {
     courier_core::connect(uri).await
 }
 
-/// A [`DefaultMessagingFactory`] with the descriptors of every enabled backend:
-/// `pip-services:message-queue:memory:*:1.0`, and with their features
-/// `pip-services:message-queue:<sqlite|postgres|mysql>:*:1.0`.
+/// Creates, without opening, the queue `uri` names, on any enabled backend (see [`connect`]).
+///
+/// # Errors
+///
+/// [`ErrorKind::Config`] for an invalid URI, an unknown option or a scheme whose feature is not
+/// enabled.
+pub fn create_from_uri(uri: &str) -> Result<std::sync::Arc<dyn MessageQueue>> {
+    register_backends();
+    courier_core::create_from_uri(uri)
+}
+
+/// The pip-services messaging factory with the descriptors of every enabled backend:
+/// `pip-services:message-queue:memory:*:1.0`, `pip-services:queue-factory:memory:*:1.0`, and with
+/// their features `pip-services:message-queue:<sqlite|postgres|mysql>:*:1.0`. It derefs to
+/// [`courier_core::DefaultMessagingFactory`], whose methods it has.
+///
+/// ```
+/// use courier::{DefaultMessagingFactory, Descriptor, MessageQueue};
+///
+/// let factory = DefaultMessagingFactory::new();
+/// let locator: Descriptor = "pip-services:message-queue:memory:jobs:1.0".parse().unwrap();
+/// assert_eq!(factory.create_queue(&locator).unwrap().name(), "jobs");
+/// ```
+#[derive(Debug)]
+pub struct DefaultMessagingFactory(courier_core::DefaultMessagingFactory);
+
+impl DefaultMessagingFactory {
+    /// A factory with the descriptors of every enabled backend.
+    pub fn new() -> Self {
+        register_backends();
+        #[allow(unused_mut)]
+        let mut factory = courier_core::DefaultMessagingFactory::new();
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+        courier_sql::register_descriptors(&mut factory);
+        DefaultMessagingFactory(factory)
+    }
+
+    /// The core factory inside.
+    pub fn into_inner(self) -> courier_core::DefaultMessagingFactory {
+        self.0
+    }
+}
+
+impl Default for DefaultMessagingFactory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::ops::Deref for DefaultMessagingFactory {
+    type Target = courier_core::DefaultMessagingFactory;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DefaultMessagingFactory {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The same as [`DefaultMessagingFactory::new`].
 pub fn messaging_factory() -> DefaultMessagingFactory {
-    #[allow(unused_mut)]
-    let mut factory = DefaultMessagingFactory::new();
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    courier_sql::register_descriptors(&mut factory);
-    factory
+    DefaultMessagingFactory::new()
 }

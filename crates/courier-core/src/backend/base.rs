@@ -217,7 +217,7 @@ impl QueueBase {
         tracing::trace!(queue = %self.name, correlation_id, "{} queue [{}]", change, self.name);
     }
 
-    /// The listen loops' control: what [`MessageQueue::listen_control`] returns.
+    /// The listen loops' control.
     pub fn listen_control(&self) -> &ListenControl {
         &self.listen
     }

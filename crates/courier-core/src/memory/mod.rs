@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backend::{ListenControl, QueueBase, Settled, deadline_after};
+use crate::backend::{QueueBase, Settled, deadline_after};
 use crate::{
     ConfigParams, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities,
     QueueOptions, Result,
@@ -119,8 +119,10 @@ impl MemoryMessageQueue {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key that is missing or invalid.
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key that is missing, invalid
+    /// or unknown (a misspelt `options.lock_timout` is an error, not ignored).
     pub fn with_config(config: &ConfigParams) -> Result<Self> {
+        crate::backend::check_known_options(config, &crate::backend::OPTION_KEYS)?;
         Ok(Self::from_base(
             QueueBase::from_config(BACKEND, config, None)?,
             false,
@@ -202,10 +204,6 @@ impl MemoryMessageQueue {
         self.inner.locks.lock().len()
     }
 
-    fn base(&self) -> &QueueBase {
-        &self.inner.base
-    }
-
     /// This queue's lock number in `message`, if the lock is this queue's and still held.
     fn lock_of(&self, message: &MessageEnvelope) -> Option<u64> {
         let lock = message.lock_token()?.downcast_ref::<MemoryLock>()?;
@@ -221,7 +219,12 @@ impl MemoryMessageQueue {
         let (mut requeue, mut dead) = (Vec::new(), Vec::new());
         self.with_locks(|locks| {
             if locks.next_deadline().is_some_and(|at| at <= now) {
-                locks.expire(now, |n| self.base().is_spent(n), &mut requeue, &mut dead);
+                locks.expire(
+                    now,
+                    |n| self.inner.base.is_spent(n),
+                    &mut requeue,
+                    &mut dead,
+                );
                 self.leaving_locks(requeue.len() + dead.len());
             }
         });
@@ -283,7 +286,7 @@ impl MemoryMessageQueue {
     fn bury(&self, dead: Vec<MessageEnvelope>) {
         let count = dead.len();
         for envelope in dead {
-            self.base().dead_lettered(&envelope);
+            self.inner.base.dead_lettered(&envelope);
             self.dead_letter_queue().push_incoming(envelope);
         }
         self.landed(count);
@@ -342,7 +345,7 @@ impl MemoryMessageQueue {
         &self,
         now: Instant,
     ) -> Result<std::result::Result<MessageEnvelope, Option<Instant>>> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         self.release_expired(now);
         let bounded = self.options().max_size.is_some();
         let popped = {
@@ -394,7 +397,7 @@ impl MemoryMessageQueue {
     }
 
     fn received(&self, message: MessageEnvelope, correlation_id: Option<&str>) -> MessageEnvelope {
-        self.base().received(correlation_id, &message);
+        self.inner.base.received(correlation_id, &message);
         message
     }
 
@@ -411,13 +414,13 @@ impl MemoryMessageQueue {
             room.as_mut().enable();
             {
                 let mut ready = self.inner.ready.lock();
-                self.base().check_open()?;
+                self.inner.base.check_open()?;
                 let held = {
                     let locks = self.inner.locks.lock();
                     locks.len() + self.inner.in_transit.load(Ordering::Acquire)
                 };
                 if ready.len() + held < max_size {
-                    self.base().sent(correlation_id, &envelope);
+                    self.inner.base.sent(correlation_id, &envelope);
                     ready.push_back(envelope);
                     drop(ready);
                     self.signal_sent();
@@ -453,7 +456,7 @@ impl fmt::Debug for MemoryMessageQueue {
 #[async_trait]
 impl MessageQueue for MemoryMessageQueue {
     fn name(&self) -> &str {
-        self.base().name()
+        self.inner.base.name()
     }
 
     fn capabilities(&self) -> MessagingCapabilities {
@@ -461,12 +464,12 @@ impl MessageQueue for MemoryMessageQueue {
     }
 
     fn is_open(&self) -> bool {
-        self.base().is_open()
+        self.inner.base.is_open()
     }
 
     async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
-        if !self.base().set_open(true) {
-            self.base().changed(correlation_id, "Opened");
+        if !self.inner.base.set_open(true) {
+            self.inner.base.changed(correlation_id, "Opened");
         }
         Ok(())
     }
@@ -475,37 +478,37 @@ impl MessageQueue for MemoryMessageQueue {
         if !self.is_open() {
             return Ok(());
         }
-        self.base().stop_listeners().await;
-        self.base().set_open(false);
+        self.inner.base.stop_listeners().await;
+        self.inner.base.set_open(false);
         self.inner.arrived.notify_waiters();
         self.inner.room.notify_waiters();
-        self.base().changed(correlation_id, "Closed");
+        self.inner.base.changed(correlation_id, "Closed");
         Ok(())
     }
 
     async fn read_message_count(&self) -> Result<usize> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         Ok(self.ready_len())
     }
 
     async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
-        let envelope = self.base().prepare_send(envelope)?;
+        let envelope = self.inner.base.prepare_send(envelope)?;
         if self.options().max_size.is_some() {
             // The waiting path is boxed so that the common, unbounded case stays a small future.
             return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
-        self.base().sent(correlation_id, &envelope);
+        self.inner.base.sent(correlation_id, &envelope);
         self.inner.ready.lock().push_back(envelope);
         self.signal_sent();
         Ok(())
     }
 
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         self.release_expired(Instant::now());
         let message = self.inner.ready.lock().front().cloned();
         if message.is_some() {
-            self.base().peeked(correlation_id, 1);
+            self.inner.base.peeked(correlation_id, 1);
         }
         Ok(message)
     }
@@ -515,7 +518,7 @@ impl MessageQueue for MemoryMessageQueue {
         correlation_id: Option<&str>,
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         self.release_expired(Instant::now());
         let messages: Vec<_> = self
             .inner
@@ -525,7 +528,7 @@ impl MessageQueue for MemoryMessageQueue {
             .take(message_count)
             .cloned()
             .collect();
-        self.base().peeked(correlation_id, messages.len());
+        self.inner.base.peeked(correlation_id, messages.len());
         Ok(messages)
     }
 
@@ -548,33 +551,33 @@ impl MessageQueue for MemoryMessageQueue {
     }
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         if let Some(token) = self.lock_of(message) {
             let now = Instant::now();
             self.release_expired(now);
             if self.with_locks(|locks| locks.renew(token, now, lock_timeout)) {
-                self.base().settled(Settled::RenewedLock, message);
+                self.inner.base.settled(Settled::RenewedLock, message);
             }
         }
         Ok(())
     }
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         if self.take_locked(message).is_some() {
-            self.base().settled(Settled::Completed, message);
+            self.inner.base.settled(Settled::Completed, message);
         }
         Ok(())
     }
 
     async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         let Some(token) = self.lock_of(message) else {
             return Ok(());
         };
         self.release_expired(Instant::now());
         let released = self.with_locks(|locks| {
-            let released = locks.release(token, |n| self.base().is_spent(n));
+            let released = locks.release(token, |n| self.inner.base.is_spent(n));
             if !matches!(released, Released::Unknown) {
                 self.leaving_locks(1);
             }
@@ -582,7 +585,7 @@ impl MessageQueue for MemoryMessageQueue {
         });
         match released {
             Released::Requeue(envelope) => {
-                self.base().settled(Settled::Abandoned, message);
+                self.inner.base.settled(Settled::Abandoned, message);
                 self.requeue(std::iter::once(envelope));
             }
             Released::Dead(envelope) => self.bury(vec![envelope]),
@@ -592,7 +595,7 @@ impl MessageQueue for MemoryMessageQueue {
     }
 
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         if let Some(token) = self.lock_of(message) {
             self.release_expired(Instant::now());
             let removed = self.with_locks(|locks| {
@@ -612,22 +615,22 @@ impl MessageQueue for MemoryMessageQueue {
         correlation_id: Option<&str>,
         receiver: Arc<dyn MessageReceiver>,
     ) -> Result<()> {
-        self.base().listen(self, correlation_id, receiver).await
+        self.inner.base.listen(self, correlation_id, receiver).await
     }
 
     fn end_listen(&self, _correlation_id: Option<&str>) {
-        self.base().end_listen();
+        self.inner.base.end_listen();
     }
 
-    fn listen_control(&self) -> Option<&ListenControl> {
-        Some(self.base().listen_control())
+    fn base(&self) -> Option<&QueueBase> {
+        Some(&self.inner.base)
     }
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
-        self.base().check_open()?;
+        self.inner.base.check_open()?;
         self.release_expired(Instant::now());
         self.drain_ready();
-        self.base().changed(correlation_id, "Cleared");
+        self.inner.base.changed(correlation_id, "Cleared");
         Ok(())
     }
 }
