@@ -70,8 +70,9 @@ pub struct SqlMessageQueue {
     /// Claims in flight: `close` waits for them before it gives the kept claims back. Closed
     /// from the start, so that `wait` returns whenever none runs.
     claims: TaskTracker,
-    /// Serializes `open` and `close`, so that each counts once on the shared store.
-    lifecycle: tokio::sync::Mutex<()>,
+    /// Serializes `open` and `close`, so that each counts once on the shared store; holds the
+    /// shared store's registry key while open.
+    lifecycle: tokio::sync::Mutex<Option<String>>,
 }
 
 impl SqlMessageQueue {
@@ -118,6 +119,12 @@ impl SqlMessageQueue {
         known.extend(SQL_OPTION_KEYS);
         check_known_options(config, &known).map_err(|e| e.with_backend(backend))?;
         let base = QueueBase::from_config(backend, config, None)?;
+        check_name_fits(backend, base.name(), "name")?;
+        check_name_fits(
+            backend,
+            &base.options().dead_letter_queue_name(base.name()),
+            "options.dead_letter_queue",
+        )?;
         let default_poll = if backend == Dialect::Postgres.name() {
             1000
         } else {
@@ -143,7 +150,7 @@ impl SqlMessageQueue {
                 claims.close();
                 claims
             },
-            lifecycle: tokio::sync::Mutex::new(()),
+            lifecycle: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -384,6 +391,24 @@ fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// MySQL/MariaDB keep queue names in a `VARCHAR(255)` column: a name, or its dead-letter
+/// queue's name (`<name>.dlq` by default), that does not fit is refused when the queue is made,
+/// not at its first send (or at a dead letter that could then never be written).
+fn check_name_fits(backend: &'static str, name: &str, key: &str) -> Result<()> {
+    const MYSQL_NAME_LIMIT: usize = 255;
+    if backend == Dialect::MySql.name() && name.chars().count() > MYSQL_NAME_LIMIT {
+        return Err(Error::config(
+            key,
+            format!(
+                "the queue name {name:?} is {} characters long; MySQL/MariaDB queues take at most {MYSQL_NAME_LIMIT}, the dead-letter queue's name (`<name>.dlq`, or set `options.dead_letter_queue`) included",
+                name.chars().count()
+            ),
+        )
+        .with_backend(backend));
+    }
+    Ok(())
+}
+
 /// `config` with the queue options written in `connection.uri`'s query (`lock_timeout=300`)
 /// as `options.*` keys (those already set win), and without the driver's parameters that
 /// [`config_from_uri`](courier_core::backend::config_from_uri) put under `options.` (they stay
@@ -504,15 +529,16 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
-        let _lifecycle = self.lifecycle.lock().await;
+        let mut shared = self.lifecycle.lock().await;
         if self.is_open() {
             return Ok(());
         }
         if let Source::Url { url, options } = &self.source {
-            let store = SqlStore::acquire_shared(url, options)
+            let (store, key) = SqlStore::acquire_shared(url, options)
                 .await
                 .map_err(|e| e.with_queue(self.name()))?;
             *self.store.lock() = Some(store);
+            *shared = Some(key);
         }
         self.base.set_open(true);
         self.base.changed(correlation_id, "Opened");
@@ -520,7 +546,7 @@ impl MessageQueue for SqlMessageQueue {
     }
 
     async fn close(&self, correlation_id: Option<&str>) -> Result<()> {
-        let _lifecycle = self.lifecycle.lock().await;
+        let mut shared = self.lifecycle.lock().await;
         if !self.is_open() {
             return Ok(());
         }
@@ -548,11 +574,9 @@ impl MessageQueue for SqlMessageQueue {
                 }
             }
         }
-        if let Source::Url { url, options } = &self.source {
-            let released = self.store.lock().take();
-            if released.is_some() {
-                SqlStore::release_shared(url, options).await;
-            }
+        if let Some(key) = shared.take() {
+            self.store.lock().take();
+            SqlStore::release_shared(&key).await;
         }
         self.base.changed(correlation_id, "Closed");
         Ok(())

@@ -110,6 +110,8 @@ struct StoreInner {
     notifiers: Mutex<HashMap<String, Arc<Notify>>>,
     /// PostgreSQL: the `LISTEN` task and the one connection it uses, outside `pool`.
     listener: Mutex<Option<Listener>>,
+    /// MySQL/MariaDB: the server's `max_allowed_packet`, which bounds a message.
+    max_packet: std::sync::atomic::AtomicUsize,
 }
 
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
@@ -157,14 +159,21 @@ impl Default for StoreOptions {
     }
 }
 
-/// The stores of queues opened from a URL in this process, by URL and settings: queues on one
-/// database share one pool (and on PostgreSQL one `LISTEN` connection).
+/// The stores of queues opened from a URL in this process, by URL, settings and runtime:
+/// queues on one database share one pool (and on PostgreSQL one `LISTEN` connection).
+///
+/// A pool's connections belong to the Tokio runtime that opened them, so stores are not shared
+/// across current-thread runtimes (each test of `#[tokio::test]` has its own), and a store whose
+/// runtime has shut down is replaced, not reused.
 type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>;
 
 #[derive(Default)]
 struct Shared {
     store: Option<SqlStore>,
     users: usize,
+    /// Alive while the runtime that made the store runs (held by a task of that runtime).
+    runtime: std::sync::Weak<()>,
+    keepalive: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn registry() -> &'static Registry {
@@ -173,8 +182,16 @@ fn registry() -> &'static Registry {
 }
 
 fn registry_key(url: &str, options: &StoreOptions) -> String {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    // A current-thread runtime drives its connections only on its own thread.
+    let runtime = match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::CurrentThread => {
+            format!("{:?}", std::thread::current().id())
+        }
+        _ => "multi-thread".to_owned(),
+    };
     format!(
-        "{url}\n{:?}\n{:?}",
+        "{url}\n{:?}\n{:?}\n{runtime}",
         options.max_connections, options.connect_timeout
     )
 }
@@ -282,41 +299,60 @@ impl SqlStore {
                 redacted,
                 notifiers: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
+                max_packet: std::sync::atomic::AtomicUsize::new(usize::MAX),
             }),
         };
         store.migrate().await?;
+        store.read_limits().await?;
         store.start_listener(options).await?;
         Ok(store)
     }
 
     /// The store of `url` shared by the queues of this process that opened it: connects on the
     /// first call, and counts the users until [`release_shared`](Self::release_shared).
-    pub(crate) async fn acquire_shared(url: &str, options: &StoreOptions) -> Result<Self> {
+    /// Returns the store and the key to [release](Self::release_shared) it with.
+    pub(crate) async fn acquire_shared(
+        url: &str,
+        options: &StoreOptions,
+    ) -> Result<(Self, String)> {
         let key = registry_key(url, options);
-        let slot = registry().lock().entry(key).or_default().clone();
+        let slot = registry().lock().entry(key.clone()).or_default().clone();
         let mut shared = slot.lock().await;
+        if shared.store.is_some() && shared.runtime.upgrade().is_none() {
+            // Its runtime is gone, and its connections with it: start afresh.
+            shared.store = None;
+            shared.users = 0;
+        }
         let store = match &shared.store {
             Some(store) => store.clone(),
             None => {
                 let store = Self::connect_with(url, options).await?;
+                let alive = Arc::new(());
+                shared.runtime = Arc::downgrade(&alive);
+                shared.keepalive = Some(tokio::spawn(async move {
+                    let _alive = alive;
+                    std::future::pending::<()>().await;
+                }));
                 shared.store = Some(store.clone());
                 store
             }
         };
         shared.users += 1;
-        Ok(store)
+        Ok((store, key))
     }
 
     /// One user of a [shared](Self::acquire_shared) store is done with it; the last one
     /// closes it.
-    pub(crate) async fn release_shared(url: &str, options: &StoreOptions) {
-        let key = registry_key(url, options);
-        let Some(slot) = registry().lock().get(&key).cloned() else {
+    pub(crate) async fn release_shared(key: &str) {
+        let Some(slot) = registry().lock().get(key).cloned() else {
             return;
         };
         let mut shared = slot.lock().await;
         shared.users = shared.users.saturating_sub(1);
         if shared.users == 0 {
+            if let Some(keepalive) = shared.keepalive.take() {
+                keepalive.abort();
+            }
             if let Some(store) = shared.store.take() {
                 store.close().await;
             }
@@ -456,6 +492,30 @@ impl SqlStore {
         }
         Ok(())
     }
+    /// MySQL/MariaDB: reads `max_allowed_packet`, so that a message too large for it fails
+    /// with an error that names the limit (the server would only drop the connection).
+    async fn read_limits(&self) -> Result<()> {
+        #[cfg(feature = "mysql")]
+        #[allow(irrefutable_let_patterns)] // with only the mysql feature
+        if let Pool::MySql(pool) = &self.inner.pool {
+            let max: i64 = sqlx::query("SELECT @@max_allowed_packet")
+                .fetch_one(pool)
+                .await
+                .and_then(|row| {
+                    row.try_get::<i64, _>(0).or_else(|_| {
+                        row.try_get::<u64, _>(0)
+                            .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+                    })
+                })
+                .map_err(|e| self.fail(e))?;
+            self.inner.max_packet.store(
+                usize::try_from(max).unwrap_or(usize::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        Ok(())
+    }
+
     /// The notifier of `queue` in this process.
     pub(crate) fn notifier(&self, queue: &str) -> Arc<Notify> {
         self.inner
@@ -474,6 +534,28 @@ impl SqlStore {
     }
 
     pub(crate) async fn insert(&self, queue: &str, envelope: &MessageEnvelope) -> Result<()> {
+        let max_packet = self
+            .inner
+            .max_packet
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // What the INSERT carries besides the payload, generously: the statement, the ids, type
+        // and correlation id.
+        let size = envelope.message.len()
+            + envelope.message_type.len()
+            + envelope.correlation_id.as_ref().map_or(0, String::len)
+            + queue.len()
+            + 1024;
+        if size > max_packet {
+            return Err(Error::new(
+                ErrorKind::InvalidMessage,
+                format!(
+                    "the message's payload of {} bytes does not fit the server's max_allowed_packet of {max_packet} bytes",
+                    envelope.message.len()
+                ),
+            )
+            .with_queue(queue)
+            .with_backend(self.backend()));
+        }
         let sql = &self.inner.sql;
         let sent = envelope.sent_time.map(|t| t.timestamp_micros());
         on_pool!(self.inner, pool => {

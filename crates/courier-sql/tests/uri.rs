@@ -289,3 +289,136 @@ fn sql_types_are_send_and_sync() {
     send_sync::<SqlStore>();
     send_sync::<courier_sql::StoreOptions>();
 }
+
+#[tokio::test]
+async fn mysql_names_that_do_not_fit_fail_when_the_queue_is_made() {
+    courier_sql::register();
+    let Some(harness) = SqlHarness::mysql().await else {
+        return;
+    };
+    // 252 characters fit the column, but `<name>.dlq` (256) would not.
+    let long = "q".repeat(252);
+    let err = create_from_uri(&harness.queue_uri(&long, ""))
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string().contains("options.dead_letter_queue"),
+        "{err}"
+    );
+    let err = create_from_uri(&harness.queue_uri(&"q".repeat(300), ""))
+        .map(drop)
+        .unwrap_err();
+    assert!(err.to_string().contains("`name`"), "{err}");
+    // The longest name whose dead-letter queue fits works, dead letters included.
+    let fits = format!(
+        "{}{}",
+        "f".repeat(239),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let queue = connect(&harness.queue_uri(&fits, "max_deliveries=1&poll_interval=20"))
+        .await
+        .unwrap();
+    queue
+        .send(None, MessageEnvelope::new(None, "t", "x"))
+        .await
+        .unwrap();
+    let m = queue
+        .receive(None, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    queue.abandon(&m).await.unwrap();
+    // Reading that dead-letter queue: its own dead letters need a shorter name.
+    let short = format!("dead-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let dlq = connect(&harness.queue_uri(
+        &format!("{fits}.dlq"),
+        &format!("dead_letter_queue={short}"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(dlq.read_message_count().await.unwrap(), 1);
+    dlq.clear(None).await.unwrap();
+    queue.close(None).await.unwrap();
+    dlq.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_payload_over_max_allowed_packet_names_the_limit() {
+    courier_sql::register();
+    let Some(harness) = SqlHarness::mysql().await else {
+        return;
+    };
+    let name = format!("big-{}", uuid::Uuid::new_v4().simple());
+    let queue = connect(&harness.queue_uri(&name, "")).await.unwrap();
+    let limit: usize = 64 * 1024 * 1024; // over any default max_allowed_packet (16 MiB, 64 MiB)
+    let err = queue
+        .send(None, MessageEnvelope::new(None, "t", vec![0u8; limit + 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidMessage, "{err}");
+    assert!(err.to_string().contains("max_allowed_packet"), "{err}");
+    // The connection is intact: a normal send goes through.
+    queue
+        .send(None, MessageEnvelope::new(None, "t", "small"))
+        .await
+        .unwrap();
+    queue.clear(None).await.unwrap();
+    queue.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_authentication_is_named() {
+    courier_sql::register();
+    if SqlHarness::mysql().await.is_none() {
+        return;
+    }
+    let err = connect("mysql://courier_nobody:wrong@127.0.0.1:3306/test?queue=q")
+        .await
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+    assert!(!format!("{err:?}").contains("wrong@"), "{err:?}");
+}
+
+/// A store belongs to the runtime that opened it: a queue on the same URL in another runtime,
+/// after the first one is gone or while it idles on another thread, gets a store of its own.
+#[test]
+fn stores_are_not_shared_across_runtimes() {
+    courier_sql::register();
+    let (sqlite, _file) = temp_sqlite();
+    let uri = format!("{sqlite}?queue=runtimes");
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // Left open on purpose: its runtime ends with it.
+    let first = runtime().block_on(connect(&uri)).unwrap();
+    let second = std::thread::spawn({
+        let uri = uri.clone();
+        move || {
+            runtime().block_on(async {
+                let queue = connect(&uri).await.unwrap();
+                queue
+                    .send(None, MessageEnvelope::new(None, "t", "x"))
+                    .await
+                    .unwrap();
+                let count = queue.read_message_count().await.unwrap();
+                queue.close(None).await.unwrap();
+                count
+            })
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(second, 1);
+    let third = runtime().block_on(async {
+        let queue = connect(&uri).await.unwrap();
+        queue.read_message_count().await
+    });
+    assert_eq!(third.expect("a store whose runtime is gone was reused"), 1);
+    drop(first);
+}
