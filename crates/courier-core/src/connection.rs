@@ -364,6 +364,20 @@ mod tests {
         assert!(config_from_uri("postgres://h:5432/db?application_name=me@x").is_ok());
     }
 
+    proptest::proptest! {
+        /// Whatever the text (any Unicode, any delimiters), redaction and the user-info check
+        /// neither panic nor let a password through.
+        #[test]
+        fn redaction_takes_any_text(text in ".*", password in "[^@]{6,12}") {
+            let _ = redact_uri(&text);
+            let _ = check_userinfo(&text);
+            let _ = config_from_uri(&text);
+            let uri = format!("x://u:{password}@h{text}");
+            proptest::prop_assume!(!text.contains('@'));
+            proptest::prop_assert!(!redact_uri(&uri).contains(&password));
+        }
+    }
+
     #[test]
     fn unknown_options_are_named() {
         let c = config_from_uri("memory://q?lock_timout=5").unwrap();
