@@ -39,8 +39,10 @@ pub struct CachedMessageQueue<B> {
     base: QueueBase,
     buffer: MemoryMessageQueue,
     broker: B,
-    /// The credits of the current subscription, if subscribed; closed when it ends.
-    subscription: tokio::sync::Mutex<Option<Arc<Semaphore>>>,
+    /// The credits of the current subscription (being made or made), if any; closed when it
+    /// ends. A plain mutex, never held across an await: a broker may push while `subscribe`
+    /// runs, and receives must go on meanwhile (they free the credits those pushes wait for).
+    subscription: parking_lot::Mutex<Option<Arc<Semaphore>>>,
 }
 
 impl<B: PushBroker> CachedMessageQueue<B> {
@@ -57,7 +59,7 @@ impl<B: PushBroker> CachedMessageQueue<B> {
             base,
             buffer,
             broker,
-            subscription: tokio::sync::Mutex::new(None),
+            subscription: parking_lot::Mutex::new(None),
         }
     }
 
@@ -100,30 +102,47 @@ impl<B: PushBroker> CachedMessageQueue<B> {
         Ok(())
     }
 
-    /// Subscribes if the queue is not subscribed yet.
+    /// Subscribes if the queue is not subscribed yet (or a subscribe is not under way).
     async fn ready(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base.check_open()?;
-        let mut subscription = self.subscription.lock().await;
-        // Checked again under the lock: a `close` may have ended the subscription meanwhile.
-        self.base.check_open()?;
-        if subscription.is_none() {
-            let credits = self.base.options().max_size.unwrap_or(DEFAULT_CREDITS);
+        let credits = {
+            let mut subscription = self.subscription.lock();
+            // Checked again under the lock: a `close` may have ended the subscription meanwhile.
+            self.base.check_open()?;
+            if subscription.is_some() {
+                return Ok(());
+            }
+            let credits = self
+                .base
+                .options()
+                .max_size
+                .unwrap_or(DEFAULT_CREDITS)
+                .min(Semaphore::MAX_PERMITS);
             let credits = Arc::new(Semaphore::new(credits));
-            let sink = MessageSink::new(self.buffer.clone(), credits.clone());
-            // A subscribe that fails or is cancelled leaves no live sink behind: what the
-            // broker pushes into it is refused (and given back), and the next call subscribes
-            // again.
-            let mut unfinished = CloseOnDrop(Some(credits.clone()));
-            self.broker.subscribe(correlation_id, sink).await?;
-            unfinished.0 = None;
-            *subscription = Some(credits);
+            *subscription = Some(credits.clone());
+            credits
+        };
+        // A subscribe that fails or is cancelled leaves no live sink behind: its credits close
+        // (what the broker pushes into it is refused, and given back), and the next call
+        // subscribes again.
+        let mut unfinished = Unfinished {
+            queue: self,
+            credits: Some(credits.clone()),
+        };
+        let sink = MessageSink::new(self.buffer.clone(), credits);
+        if let Err(e) = self.broker.subscribe(correlation_id, sink).await {
+            drop(unfinished);
+            // Whatever it pushed before failing goes back.
+            self.give_back_held().await;
+            return Err(e);
         }
+        unfinished.credits = None;
         Ok(())
     }
 
     /// Ends the subscription: later pushes are refused, held messages go back to the broker.
     async fn end_subscription(&self, correlation_id: Option<&str>) -> Result<()> {
-        let Some(credits) = self.subscription.lock().await.take() else {
+        let Some(credits) = self.subscription.lock().take() else {
             return Ok(());
         };
         credits.close();
@@ -133,9 +152,10 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     }
 
     /// Gives every message the buffer holds back to the broker (on close, and on open for
-    /// any a receive racing the close still locked).
+    /// any a receive racing the close still locked), one at a time: a cancelled call leaves
+    /// the rest in the buffer, handles and all.
     async fn give_back_held(&self) {
-        for message in self.buffer.drain() {
+        while let Some(message) = self.buffer.take_any() {
             if let Some(handle) = take_handle::<B::Handle>(&message) {
                 if let Err(e) = self.broker.abandon(&message, handle).await {
                     tracing::warn!(queue = self.name(), error = %e, "Failed to give a held message back to the broker");
@@ -145,12 +165,32 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     }
 }
 
-/// Closes a subscription's credits unless forgotten: a subscribe that did not finish.
-struct CloseOnDrop(Option<Arc<Semaphore>>);
+/// A subscribe under way: if it does not finish, its credits close and the queue forgets
+/// them (unless a newer subscription replaced them).
+struct Unfinished<'a, B> {
+    queue: &'a CachedMessageQueue<B>,
+    credits: Option<Arc<Semaphore>>,
+}
 
-impl Drop for CloseOnDrop {
+impl<B> Drop for Unfinished<'_, B> {
     fn drop(&mut self) {
-        if let Some(credits) = self.0.take() {
+        if let Some(credits) = self.credits.take() {
+            credits.close();
+            let mut subscription = self.queue.subscription.lock();
+            if subscription
+                .as_ref()
+                .is_some_and(|current| Arc::ptr_eq(current, &credits))
+            {
+                *subscription = None;
+            }
+        }
+    }
+}
+
+impl<B> Drop for CachedMessageQueue<B> {
+    fn drop(&mut self) {
+        // Dropped without `close`: pushes into its sink must not wait forever.
+        if let Some(credits) = self.subscription.get_mut().take() {
             credits.close();
         }
     }
@@ -343,9 +383,10 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base
             .check_capability(self.capabilities().can_clear(), "clear")?;
         // Cleared messages are deleted: their deliveries are acknowledged, every one of them
-        // even when one acknowledgement fails (the first error is returned).
+        // even when one acknowledgement fails (the first error is returned); one at a time, so
+        // that a cancelled clear leaves the rest in the queue.
         let mut result = Ok(());
-        for message in self.buffer.drain_ready() {
+        while let Some(message) = self.buffer.take_ready() {
             if let Some(handle) = take_handle::<B::Handle>(&message) {
                 let acked = self.broker.complete(&message, handle).await;
                 result = result.and(acked);

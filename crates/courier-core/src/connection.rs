@@ -144,13 +144,14 @@ fn hide_secret_parameters(text: &str) -> String {
         out.push_str(&rest[..=i]);
         rest = &rest[i + 1..];
         let end = rest.find(['&', '?']).unwrap_or(rest.len());
-        match rest[..end].split_once('=') {
-            Some((key, _)) if is_secret(key) => {
+        if let Some((key, _)) = rest[..end].split_once('=') {
+            if is_secret(key) {
+                // The value runs to the next `&`: a `?` or `#` in it may be part of the secret.
+                let value_end = rest.find('&').unwrap_or(rest.len());
                 out.push_str(key);
                 out.push_str("=***");
-                rest = &rest[end..];
+                rest = &rest[value_end..];
             }
-            _ => {}
         }
     }
     out.push_str(rest);
@@ -222,22 +223,35 @@ pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
 /// [`ErrorKind::Config`](crate::ErrorKind::Config), without repeating the URI.
 pub fn check_userinfo(uri: &str) -> Result<()> {
     let start = uri.find("://").map_or(0, |i| i + 3);
+    let refuse = || {
+        Err(Error::config(
+            "uri",
+            "the password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)",
+        ))
+    };
+    // An `@` before the query ends the user-info: `/` or `#` in a user-info with a password
+    // would be cut there by a parser.
+    let query = uri[start..].find('?').map_or(uri.len(), |i| start + i);
+    if let Some(at) = uri[start..query].rfind('@').map(|i| start + i) {
+        let userinfo = &uri[start..at];
+        if userinfo.contains(':') && userinfo.contains(['/', '#']) {
+            return refuse();
+        }
+        return Ok(());
+    }
+    // No `@` before the first `?`: a `user:pa?ss@host`, whose authority a parser reads as
+    // `user:pa` (a "port" that is not a number, or none), with the real `@` further on.
     let authority_end = uri[start..]
         .find(['/', '?', '#'])
         .map_or(uri.len(), |i| start + i);
     let authority = &uri[start..authority_end];
-    // `user:pa/ss@host`: the authority a parser sees is `user:pa`, with no `@`, a "port" that is
-    // not a number, and the real `@` further on.
-    let cut_password = !authority.contains('@')
-        && uri[authority_end..].contains('@')
-        && authority
+    let host_and_port = authority.rsplit(']').next().unwrap_or(authority);
+    let cut_password = uri[authority_end..].contains('@')
+        && host_and_port
             .rsplit_once(':')
             .is_some_and(|(_, port)| port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()));
     if cut_password {
-        return Err(Error::config(
-            "uri",
-            "the password holds `/`, `?` or `#`: percent-encode them (%2F, %3F, %23)",
-        ));
+        return refuse();
     }
     Ok(())
 }
@@ -339,6 +353,14 @@ mod tests {
             "postgres://db/app?password=***"
         );
         assert_eq!(
+            redact_uri("postgres://h/db?password=abc?xyz&a=1"),
+            "postgres://h/db?password=***&a=1"
+        );
+        assert_eq!(
+            redact_uri("postgres://h/db?x=1?password=a?b=c"),
+            "postgres://h/db?x=1?password=***"
+        );
+        assert_eq!(
             redact_uri("postgres://db:5432/app?user=a@b&password=x"),
             "postgres://db:***@b&password=***"
         );
@@ -362,6 +384,9 @@ mod tests {
         assert!(config_from_uri("memory://q/a@b?x=1").is_ok());
         assert!(config_from_uri("postgres://u:pw@h:5432/db?application_name=me@x").is_ok());
         assert!(config_from_uri("postgres://h:5432/db?application_name=me@x").is_ok());
+        assert!(config_from_uri("postgres://[::1]/db?application_name=me@x").is_ok());
+        assert!(config_from_uri("postgres://[::1]:5432/db?application_name=me@x").is_ok());
+        assert!(check_userinfo("postgres://admin:2024/x@db/app").is_err());
     }
 
     proptest::proptest! {
@@ -375,6 +400,9 @@ mod tests {
             let uri = format!("x://u:{password}@h{text}");
             proptest::prop_assume!(!text.contains('@'));
             proptest::prop_assert!(!redact_uri(&uri).contains(&password));
+            let secret = format!("x://h/db?a={text}&password={password}&b=1");
+            proptest::prop_assume!(!text.contains('&') && !password.contains('&'));
+            proptest::prop_assert!(!redact_uri(&secret).contains(&password));
         }
     }
 

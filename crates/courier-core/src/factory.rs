@@ -153,8 +153,8 @@ pub type Constructor = Box<dyn Fn(&Descriptor, &ConfigParams) -> Result<Componen
 /// Registered by default: `pip-services:message-queue:memory:*:1.0` (a
 /// [`MemoryMessageQueue`] named by the descriptor) and
 /// `pip-services:queue-factory:memory:*:1.0` (a [`MemoryMessageQueueFactory`]). Backends add
-/// theirs with [`register`](Self::register); the `courier` facade's `messaging_factory()`
-/// returns one with every enabled backend.
+/// theirs with [`register`](Self::register); the `courier` facade's `DefaultMessagingFactory`
+/// (which derefs to this one) has every enabled backend's.
 ///
 /// ```
 /// use courier_core::{DefaultMessagingFactory, Descriptor, MessageQueue};
@@ -228,13 +228,25 @@ impl DefaultMessagingFactory {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) if nothing is registered for `locator`
     /// or its configuration is invalid.
     pub fn create(&self, locator: &Descriptor) -> Result<Component> {
-        let (_, constructor) = self
+        let (registered, constructor) = self
             .registrations
             .iter()
             .find(|(d, _)| d.matches(locator))
             .ok_or_else(|| {
                 Error::config("descriptor", format!("no factory can create {locator}"))
             })?;
+        // A request with a wildcard kind gets the kind it was matched with (for the check that
+        // the configured address is that backend's).
+        if locator.kind() == "*" && registered.kind() != "*" {
+            let resolved = Descriptor::new(
+                locator.group(),
+                locator.type_(),
+                registered.kind(),
+                locator.name(),
+                locator.version(),
+            );
+            return constructor(&resolved, &self.config);
+        }
         constructor(locator, &self.config)
     }
 
@@ -510,6 +522,9 @@ mod tests {
         let tls = ConfigParams::from_tuples([("connection.protocol", "amqps")]);
         assert!(check_kind_matches_scheme("rabbitmq", &tls).is_ok());
         assert!(check_kind_matches_scheme("mysql", &ok).is_err());
+        let any: Descriptor = "pip-services:message-queue:*:q:1.0".parse().unwrap();
+        let err = factory.create_queue(&any).map(drop).unwrap_err();
+        assert!(err.to_string().contains("`memory` descriptor"), "{err}");
     }
 
     #[test]

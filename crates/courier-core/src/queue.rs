@@ -250,7 +250,8 @@ pub trait MessageQueue: Send + Sync {
     /// [`QueueBase`](crate::backend::QueueBase) (every courier backend does, returning
     /// `Some(&self.base)`). It lets [`begin_listen`](MessageQueueExt::begin_listen) be stopped
     /// before its task runs, and `Debug` for `dyn MessageQueue` show the backend and the
-    /// (redacted) address.
+    /// (redacted) address. Read it; do not change its state (`set_open`) from outside the
+    /// backend, which owns it.
     fn base(&self) -> Option<&QueueBase> {
         None
     }

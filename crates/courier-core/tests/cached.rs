@@ -425,3 +425,24 @@ async fn a_cancelled_subscribe_leaves_no_live_sink_behind() {
     second.push(envelope(1), ()).await.unwrap();
     assert_eq!(queue.read_message_count().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_huge_max_size_is_capped_not_a_panic() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "options.max_size=18446744073709551615").await;
+    assert!(broker.sink().credits() > 1_000_000);
+    queue.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queue_dropped_without_close_refuses_pushes() {
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "options.max_size=1").await;
+    let sink = broker.sink();
+    sink.push(envelope(0), 1).await.unwrap();
+    drop(queue);
+    let pushed = tokio::time::timeout(Duration::from_secs(1), sink.push(envelope(1), 2))
+        .await
+        .expect("a push into a dropped queue waited forever");
+    assert_eq!(pushed.unwrap_err().0, 2);
+}

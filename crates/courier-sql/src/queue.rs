@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 use crate::Dialect;
-use crate::store::{SqlStore, StoreOptions, StoredRow};
+use crate::store::{SharedKey, SqlStore, StoreOptions, StoredRow};
 
 /// The options an SQL queue reads besides the shared ones (without the `options.` prefix).
 pub(crate) const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
@@ -72,7 +72,7 @@ pub struct SqlMessageQueue {
     claims: TaskTracker,
     /// Serializes `open` and `close`, so that each counts once on the shared store; holds the
     /// shared store's registry key while open.
-    lifecycle: tokio::sync::Mutex<Option<String>>,
+    lifecycle: tokio::sync::Mutex<Option<SharedKey>>,
 }
 
 impl SqlMessageQueue {
@@ -533,6 +533,10 @@ impl MessageQueue for SqlMessageQueue {
         if self.is_open() {
             return Ok(());
         }
+        if let Some(left) = shared.take() {
+            // A `close` cancelled after it marked the queue closed: give that hold back first.
+            SqlStore::release_shared(left).await;
+        }
         if let Source::Url { url, options } = &self.source {
             let (store, key) = SqlStore::acquire_shared(url, options)
                 .await
@@ -574,9 +578,9 @@ impl MessageQueue for SqlMessageQueue {
                 }
             }
         }
-        if let Some(key) = shared.take() {
+        if let Some(held) = shared.take() {
             self.store.lock().take();
-            SqlStore::release_shared(&key).await;
+            SqlStore::release_shared(held).await;
         }
         self.base.changed(correlation_id, "Closed");
         Ok(())

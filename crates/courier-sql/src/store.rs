@@ -163,8 +163,8 @@ impl Default for StoreOptions {
 /// queues on one database share one pool (and on PostgreSQL one `LISTEN` connection).
 ///
 /// A pool's connections belong to the Tokio runtime that opened them, so stores are not shared
-/// across current-thread runtimes (each test of `#[tokio::test]` has its own), and a store whose
-/// runtime has shut down is replaced, not reused.
+/// across runtimes (each test of `#[tokio::test]` has its own), and a store whose runtime has
+/// shut down is replaced, not reused.
 type Registry = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>;
 
 #[derive(Default)]
@@ -174,6 +174,15 @@ struct Shared {
     /// Alive while the runtime that made the store runs (held by a task of that runtime).
     runtime: std::sync::Weak<()>,
     keepalive: Option<tokio::task::JoinHandle<()>>,
+    /// Bumped when a dead store is replaced: releases of the old one are ignored.
+    generation: u64,
+}
+
+/// A queue's hold on a shared store: what it gives back on `close`.
+#[derive(Debug)]
+pub(crate) struct SharedKey {
+    key: String,
+    generation: u64,
 }
 
 fn registry() -> &'static Registry {
@@ -182,14 +191,9 @@ fn registry() -> &'static Registry {
 }
 
 fn registry_key(url: &str, options: &StoreOptions) -> String {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    // A current-thread runtime drives its connections only on its own thread.
-    let runtime = match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::CurrentThread => {
-            format!("{:?}", std::thread::current().id())
-        }
-        _ => "multi-thread".to_owned(),
-    };
+    let runtime = tokio::runtime::Handle::try_current()
+        .map(|h| h.id().to_string())
+        .unwrap_or_default();
     format!(
         "{url}\n{:?}\n{:?}\n{runtime}",
         options.max_connections, options.connect_timeout
@@ -314,7 +318,7 @@ impl SqlStore {
     pub(crate) async fn acquire_shared(
         url: &str,
         options: &StoreOptions,
-    ) -> Result<(Self, String)> {
+    ) -> Result<(Self, SharedKey)> {
         let key = registry_key(url, options);
         let slot = registry().lock().entry(key.clone()).or_default().clone();
         let mut shared = slot.lock().await;
@@ -322,6 +326,7 @@ impl SqlStore {
             // Its runtime is gone, and its connections with it: start afresh.
             shared.store = None;
             shared.users = 0;
+            shared.generation += 1;
         }
         let store = match &shared.store {
             Some(store) => store.clone(),
@@ -338,18 +343,24 @@ impl SqlStore {
             }
         };
         shared.users += 1;
-        Ok((store, key))
+        let generation = shared.generation;
+        Ok((store, SharedKey { key, generation }))
     }
 
     /// One user of a [shared](Self::acquire_shared) store is done with it; the last one
     /// closes it.
-    pub(crate) async fn release_shared(key: &str) {
-        let Some(slot) = registry().lock().get(key).cloned() else {
+    pub(crate) async fn release_shared(held: SharedKey) {
+        let Some(slot) = registry().lock().get(&held.key).cloned() else {
             return;
         };
         let mut shared = slot.lock().await;
+        if shared.generation != held.generation {
+            return; // a store replaced since (its runtime had ended): nothing to give back
+        }
         shared.users = shared.users.saturating_sub(1);
         if shared.users == 0 {
+            // The slot stays in the registry (a few bytes per runtime and URL): removing it
+            // could race an `acquire_shared` already waiting on it.
             if let Some(keepalive) = shared.keepalive.take() {
                 keepalive.abort();
             }
@@ -549,7 +560,7 @@ impl SqlStore {
             return Err(Error::new(
                 ErrorKind::InvalidMessage,
                 format!(
-                    "the message's payload of {} bytes does not fit the server's max_allowed_packet of {max_packet} bytes",
+                    "the message ({} bytes of payload, about {size} with its metadata and statement) does not fit the server's max_allowed_packet of {max_packet} bytes",
                     envelope.message.len()
                 ),
             )

@@ -79,6 +79,10 @@ pub trait PushBroker: Send + Sync + 'static {
     /// After a `subscribe` that failed or was cancelled the queue calls it again with a new
     /// sink: it replaces the earlier one, whose pushes are refused with [`Closed`].
     ///
+    /// Push from a delivery task of your own (the broker's consumer loop), not from inside
+    /// `subscribe`: `push` may wait for credits that only the queue's receivers free, and the
+    /// queue's first receive is what is waiting for `subscribe` to return.
+    ///
     /// # Errors
     ///
     /// A backend error; the next operation tries again.

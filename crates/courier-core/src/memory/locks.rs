@@ -154,16 +154,10 @@ impl Locks {
         Some(without_delivery(locked.message))
     }
 
-    /// Deletes every lock and hands back their messages as stored again.
-    pub(super) fn drain(&mut self) -> Vec<MessageEnvelope> {
-        self.deadlines.clear();
-        self.locked
-            .drain()
-            .map(|(_, locked)| {
-                locked.token.settle();
-                without_delivery(locked.message)
-            })
-            .collect()
+    /// Deletes some lock and hands back its message as stored again.
+    pub(super) fn take_any(&mut self) -> Option<MessageEnvelope> {
+        let token = *self.locked.keys().next()?;
+        self.remove(token)
     }
 
     /// Releases the lock: its message is to be requeued, or is dead if it reached

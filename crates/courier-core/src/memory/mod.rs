@@ -316,13 +316,25 @@ impl MemoryMessageQueue {
         removed
     }
 
-    /// Takes every message out of the queue, ready and locked (the push layer's `close`).
-    pub(crate) fn drain(&self) -> Vec<MessageEnvelope> {
-        let mut all = self.drain_ready();
-        let locked = self.with_locks(Locks::drain);
-        self.freed(locked.len());
-        all.extend(locked);
-        all
+    /// Takes one message out of the queue, ready or locked (the push layer's `close`).
+    pub(crate) fn take_any(&self) -> Option<MessageEnvelope> {
+        if let Some(ready) = self.take_ready() {
+            return Some(ready);
+        }
+        let locked = self.with_locks(Locks::take_any);
+        if locked.is_some() {
+            self.freed(1);
+        }
+        locked
+    }
+
+    /// Takes the next ready message out of the queue, without locking it.
+    pub(crate) fn take_ready(&self) -> Option<MessageEnvelope> {
+        let ready = self.inner.ready.lock().pop_front();
+        if ready.is_some() {
+            self.freed(1);
+        }
+        ready
     }
 
     /// Takes every ready message out of the queue.
