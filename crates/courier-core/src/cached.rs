@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use crate::backend::push::{DEFAULT_CREDITS, take_handle};
+use crate::backend::push::{DEFAULT_CREDITS, Redelivery, take_handle};
 use crate::backend::{MessageSink, PushBroker, QueueBase, Settled, deadline_after};
 use crate::{
     ErrorKind, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
@@ -32,13 +33,22 @@ use crate::{
 /// `listen` runs the shared listen loop over the buffer, with the same completion,
 /// concurrency and backoff rules as every queue.
 ///
+/// Abandoned messages, and those whose lock expires, are delivered again from the buffer, or,
+/// for a broker whose [`redelivery`](PushBroker::redelivery) is [`Redelivery::Broker`], given
+/// back to the broker (at once on `abandon`; by a timer when a lock expires), which delivers
+/// them again with their count. `read_message_count` is what the broker holds ready plus what
+/// the buffer holds ready; `clear` purges the broker and acknowledges the buffer.
+///
 /// What the buffer holds lives in this process only: a message pushed and not yet settled is
 /// redelivered by the broker if the process dies, if the broker redelivers unacknowledged
 /// messages (AMQP, MQTT QoS 1), and lost otherwise (MQTT QoS 0, core NATS).
 pub struct CachedMessageQueue<B> {
     base: QueueBase,
     buffer: MemoryMessageQueue,
-    broker: B,
+    broker: Arc<B>,
+    /// Brokers that redeliver: the task that gives back messages whose lock expired, while
+    /// subscribed.
+    sweeper: parking_lot::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
     /// The credits of the current subscription (being made or made), if any; closed when it
     /// ends. A plain mutex, never held across an await: a broker may push while `subscribe`
     /// runs, and receives must go on meanwhile (they free the credits those pushes wait for).
@@ -54,11 +64,16 @@ impl<B: PushBroker> CachedMessageQueue<B> {
         let mut options = base.options().clone();
         options.max_deliveries = None;
         options.max_size = None;
-        let buffer = MemoryMessageQueue::with_options(base.name(), options);
+        let buffer = MemoryMessageQueue::buffer(
+            base.name(),
+            options,
+            broker.redelivery() == Redelivery::Broker,
+        );
         CachedMessageQueue {
             base,
             buffer,
-            broker,
+            broker: Arc::new(broker),
+            sweeper: parking_lot::Mutex::new(None),
             subscription: parking_lot::Mutex::new(None),
         }
     }
@@ -137,7 +152,25 @@ impl<B: PushBroker> CachedMessageQueue<B> {
             return Err(e);
         }
         unfinished.credits = None;
+        self.start_sweeper();
         Ok(())
+    }
+
+    /// Brokers that redeliver: starts the task that gives back expired messages.
+    fn start_sweeper(&self) {
+        if self.broker.redelivery() != Redelivery::Broker {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(sweep(self.buffer.clone(), self.broker.clone(), stop.clone()));
+        if let Some((old, _)) = self.sweeper.lock().replace((stop, task)) {
+            old.cancel();
+        }
+    }
+
+    /// Gives the delivery of a message taken from the buffer back to the broker.
+    async fn give_back(&self, message: &MessageEnvelope) {
+        give_back(&*self.broker, self.name(), message).await;
     }
 
     /// Ends the subscription: later pushes are refused, held messages go back to the broker.
@@ -146,6 +179,11 @@ impl<B: PushBroker> CachedMessageQueue<B> {
             return Ok(());
         };
         credits.close();
+        let sweeper = self.sweeper.lock().take();
+        if let Some((stop, task)) = sweeper {
+            stop.cancel();
+            let _ = task.await;
+        }
         let unsubscribed = self.broker.unsubscribe(correlation_id).await;
         self.give_back_held().await;
         unsubscribed
@@ -156,11 +194,37 @@ impl<B: PushBroker> CachedMessageQueue<B> {
     /// the rest in the buffer, handles and all.
     async fn give_back_held(&self) {
         while let Some(message) = self.buffer.take_any() {
-            if let Some(handle) = take_handle::<B::Handle>(&message) {
-                if let Err(e) = self.broker.abandon(&message, handle).await {
-                    tracing::warn!(queue = self.name(), error = %e, "Failed to give a held message back to the broker");
-                }
-            }
+            self.give_back(&message).await;
+        }
+    }
+}
+
+/// Gives the delivery of `message` (taken from a buffer) back to `broker`; failures are
+/// logged (the broker redelivers what a dead connection held anyway).
+async fn give_back<B: PushBroker>(broker: &B, queue: &str, message: &MessageEnvelope) {
+    if let Some(handle) = take_handle::<B::Handle>(message) {
+        if let Err(e) = broker.abandon(message, handle).await {
+            tracing::warn!(queue, error = %e, "Failed to give a held message back to the broker");
+        }
+    }
+}
+
+/// The sweeper of a queue whose broker redelivers: gives back the messages whose lock expired,
+/// at the earliest lock deadline (and at least every second, for locks renewed shorter), until
+/// `stop`. Spent messages go back too: the broker counts the delivery, and the queue
+/// dead-letters them when they arrive again.
+async fn sweep<B: PushBroker>(buffer: MemoryMessageQueue, broker: Arc<B>, stop: CancellationToken) {
+    let queue = crate::MessageQueue::name(&buffer).to_owned();
+    loop {
+        for message in buffer.take_expired() {
+            give_back(&*broker, &queue, &message).await;
+        }
+        let now = tokio::time::Instant::now();
+        let tick = now + Duration::from_secs(1);
+        let wake = buffer.next_lock_deadline().map_or(tick, |at| at.min(tick));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
 }
@@ -192,6 +256,9 @@ impl<B> Drop for CachedMessageQueue<B> {
         // Dropped without `close`: pushes into its sink must not wait forever.
         if let Some(credits) = self.subscription.get_mut().take() {
             credits.close();
+        }
+        if let Some((stop, _)) = self.sweeper.get_mut().take() {
+            stop.cancel();
         }
     }
 }
@@ -257,7 +324,8 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             "read_message_count",
         )?;
         self.ready(None).await?;
-        self.buffer.read_message_count().await
+        let at_broker = self.broker.ready_count().await?;
+        Ok(at_broker + self.buffer.read_message_count().await?)
     }
 
     async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
@@ -347,6 +415,13 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             }
             return Ok(());
         }
+        if self.broker.redelivery() == Redelivery::Broker {
+            if let Some(taken) = self.buffer.take_locked(message) {
+                self.give_back(&taken).await;
+                self.base.settled(Settled::Abandoned, message);
+            }
+            return Ok(());
+        }
         // Redelivered from the buffer, handle and credit kept.
         self.buffer.abandon(message).await
     }
@@ -385,7 +460,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         // Cleared messages are deleted: their deliveries are acknowledged, every one of them
         // even when one acknowledgement fails (the first error is returned); one at a time, so
         // that a cancelled clear leaves the rest in the queue.
-        let mut result = Ok(());
+        let mut result = self.broker.purge().await;
         while let Some(message) = self.buffer.take_ready() {
             if let Some(handle) = take_handle::<B::Handle>(&message) {
                 let acked = self.broker.complete(&message, handle).await;

@@ -1,6 +1,7 @@
 //! `CachedMessageQueue` on the push layer: the conformance suite over an in-process push
-//! broker that, like MQTT or core NATS, drops what is published while nobody is subscribed;
-//! and the push layer's own promises against a broker that records how each delivery was
+//! broker that, like MQTT or core NATS, drops what is published while nobody is subscribed,
+//! once with the queue redelivering from its buffer and once with the broker redelivering
+//! (as RabbitMQ does: abandoned and expired messages go back to it, counted); and the push layer's own promises against a broker that records how each delivery was
 //! settled: handles given back once, credits, take-then-acknowledge, nothing stale on reopen,
 //! dead letters counted once.
 
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use courier_conformance::{Features, Harness, conformance_tests};
-use courier_core::backend::{MessageSink, PushBroker, QueueBase};
+use courier_core::backend::{MessageSink, PushBroker, QueueBase, Redelivery};
 use courier_core::{
     CachedMessageQueue, ConfigParams, MessageEnvelope, MessageQueue, MessagingCapabilities, Result,
     async_trait,
@@ -19,7 +20,7 @@ use courier_core::{
 /// Subscribers of one topic; a message goes to one of them, round robin.
 #[derive(Default)]
 struct Topic {
-    sinks: Vec<(u64, MessageSink<()>)>,
+    sinks: Vec<(u64, MessageSink<u32>)>,
     next: usize,
 }
 
@@ -34,7 +35,9 @@ fn topic(name: &str) -> Arc<Mutex<Topic>> {
         .clone()
 }
 
-async fn publish(name: &str, envelope: &MessageEnvelope) {
+/// Pushes `envelope` to one subscriber of `name`, as delivered `earlier` times before; its
+/// handle is its delivery count.
+async fn publish(name: &str, envelope: &MessageEnvelope, earlier: u32) {
     let sink = {
         let topic = topic(name);
         let mut topic = topic.lock().unwrap();
@@ -46,19 +49,31 @@ async fn publish(name: &str, envelope: &MessageEnvelope) {
         topic.sinks[i].1.clone()
     };
     // A refused push (the subscriber just closed) is dropped, as the broker would.
-    let _ = sink.push(envelope.clone(), ()).await;
+    let mut envelope = envelope.clone();
+    envelope.set_delivery_count(earlier);
+    let _ = sink.push(envelope, earlier + 1).await;
 }
 
 struct LoopbackBroker {
     name: String,
     id: u64,
+    /// Whether abandoned and expired messages come back to the broker, which publishes them
+    /// again with their count.
+    redelivers: bool,
 }
 
 #[async_trait]
 impl PushBroker for LoopbackBroker {
-    type Handle = ();
+    type Handle = u32;
     fn capabilities(&self) -> MessagingCapabilities {
         MessagingCapabilities::all()
+    }
+    fn redelivery(&self) -> Redelivery {
+        if self.redelivers {
+            Redelivery::Broker
+        } else {
+            Redelivery::Queue
+        }
     }
     async fn connect(&self, _cid: Option<&str>) -> Result<()> {
         Ok(())
@@ -66,7 +81,7 @@ impl PushBroker for LoopbackBroker {
     async fn disconnect(&self, _cid: Option<&str>) -> Result<()> {
         Ok(())
     }
-    async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink<()>) -> Result<()> {
+    async fn subscribe(&self, _cid: Option<&str>, sink: MessageSink<u32>) -> Result<()> {
         topic(&self.name)
             .lock()
             .unwrap()
@@ -83,16 +98,24 @@ impl PushBroker for LoopbackBroker {
         Ok(())
     }
     async fn send(&self, _cid: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
-        publish(&self.name, envelope).await;
+        publish(&self.name, envelope, 0).await;
         Ok(())
     }
-    async fn move_to_dead_letter(&self, message: &MessageEnvelope, _handle: ()) -> Result<()> {
-        publish(&format!("{}.dlq", self.name), message).await;
+    async fn abandon(&self, message: &MessageEnvelope, deliveries: u32) -> Result<()> {
+        if self.redelivers {
+            publish(&self.name, message, deliveries).await;
+        }
+        Ok(())
+    }
+    async fn move_to_dead_letter(&self, message: &MessageEnvelope, _handle: u32) -> Result<()> {
+        publish(&format!("{}.dlq", self.name), message, 0).await;
         Ok(())
     }
 }
 
-struct LoopbackHarness;
+struct LoopbackHarness {
+    redelivers: bool,
+}
 
 #[async_trait]
 impl Harness for LoopbackHarness {
@@ -118,12 +141,19 @@ impl Harness for LoopbackHarness {
         let broker = LoopbackBroker {
             name: name.to_owned(),
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            redelivers: self.redelivers,
         };
         Ok(Arc::new(CachedMessageQueue::new(base, broker)))
     }
 }
 
-conformance_tests!(Some(LoopbackHarness), stress = 2);
+conformance_tests!(Some(LoopbackHarness { redelivers: false }), stress = 2);
+
+/// The suite again, with the broker redelivering.
+mod broker_redelivers {
+    use super::*;
+    conformance_tests!(Some(LoopbackHarness { redelivers: true }), stress = 2);
+}
 
 /// How a [`RecordingBroker`] settled its deliveries, by handle.
 #[derive(Default, Debug)]

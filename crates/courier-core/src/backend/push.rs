@@ -16,8 +16,8 @@
 //!   awaits the broker: a lock that expires during the broker call cannot hand the message to a
 //!   second consumer who would settle the same delivery again.
 //! * **Redelivery.** An abandoned message, or one whose lock expires, is delivered again from
-//!   the queue's buffer (with its handle); `options.max_deliveries` sends it to the broker's
-//!   dead letters.
+//!   the queue's buffer (with its handle), or given back to a broker that redelivers by itself
+//!   ([`Redelivery::Broker`]); `options.max_deliveries` sends it to the broker's dead letters.
 //! * **Subscriptions end.** `close` ends the subscription: a push after it is refused with
 //!   [`Closed`], giving the handle back, and held messages go back to the broker, so nothing
 //!   stale comes back on reopen.
@@ -107,6 +107,43 @@ pub trait PushBroker: Send + Sync + 'static {
     /// The queue may drop the future; leave the broker consistent when dropped.
     async fn unsubscribe(&self, correlation_id: Option<&str>) -> Result<()>;
 
+    /// Who delivers again a message that is abandoned or whose lock expires:
+    /// [`Redelivery::Queue`] (the default) keeps it in the queue's buffer and hands it out
+    /// again; [`Redelivery::Broker`] gives it back with [`abandon`](Self::abandon) for the
+    /// broker to deliver again, to this or another consumer, with its delivery count.
+    fn redelivery(&self) -> Redelivery {
+        Redelivery::Queue
+    }
+
+    /// How many messages the broker holds ready for this queue that it has not pushed yet:
+    /// `read_message_count` adds the queue's buffer. Default: 0 (a broker that keeps
+    /// nothing for absent consumers).
+    ///
+    /// # Errors
+    ///
+    /// A backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    async fn ready_count(&self) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// Deletes the messages the broker holds ready for this queue (`clear`; the queue
+    /// acknowledges what its buffer holds). Default: nothing to do.
+    ///
+    /// # Errors
+    ///
+    /// A backend error.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue may drop the future; the messages may or may not have been deleted.
+    async fn purge(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Publishes `envelope` (its `sent_time` is already stamped).
     ///
     /// # Errors
@@ -132,9 +169,11 @@ pub trait PushBroker: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The queue closes while it holds `message`: give its delivery back so that the broker
-    /// delivers it again (an AMQP reject with requeue). Called at most once per handle.
-    /// Default: nothing to do (a broker without acknowledgements forgets it).
+    /// Gives the delivery of `message` back so that the broker delivers it again (an AMQP
+    /// reject with requeue): when the queue closes while it holds the message, and, when
+    /// [`redelivery`](Self::redelivery) is [`Redelivery::Broker`], when it is abandoned or its
+    /// lock expires. Called at most once per handle. Default: nothing to do (a broker without
+    /// acknowledgements forgets it).
     ///
     /// # Errors
     ///
@@ -166,6 +205,19 @@ pub trait PushBroker: Send + Sync + 'static {
     ) -> Result<()> {
         Err(Error::unsupported("", "move_to_dead_letter"))
     }
+}
+
+/// Who delivers again a pushed message that is abandoned or whose lock expires: see
+/// [`PushBroker::redelivery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Redelivery {
+    /// The queue's buffer hands it out again (brokers that forget a message once pushed, or
+    /// cannot count deliveries: MQTT, core NATS).
+    Queue,
+    /// The broker does, counting the delivery (RabbitMQ): other consumers can get it, and it
+    /// survives this process.
+    Broker,
 }
 
 /// A push refused because the subscription ended (the queue closed or resubscribed): the
@@ -211,6 +263,11 @@ impl<H: Send + Sync + 'static> MessageSink<H> {
     /// while the queue holds as many messages as it has credits (backpressure: a broker's
     /// delivery loop that awaits this stops reading).
     ///
+    /// `envelope.delivery_count()` says how many times the broker delivered the message before
+    /// (0 for a first delivery; a broker that redelivers, such as a RabbitMQ quorum queue,
+    /// knows): the queue counts this delivery on top, and dead-letters a message that arrives
+    /// after its last allowed delivery.
+    ///
     /// # Errors
     ///
     /// [`Closed`] with the handle if the subscription ended: give the delivery back.
@@ -227,13 +284,23 @@ impl<H: Send + Sync + 'static> MessageSink<H> {
             return Err(Closed(handle));
         };
         envelope.set_lock_token(None);
-        envelope.set_delivery_count(0);
         envelope.set_delivery(Some(DeliveryHandle(Arc::new(Held {
             handle: Mutex::new(Some(handle)),
             credit: Mutex::new(Some(credit)),
         }))));
         self.buffer.push_incoming(envelope);
         Ok(())
+    }
+
+    /// Drops the messages the queue holds, ready and not yet received, whose handle `forget`
+    /// picks, and returns how many: call it when the broker channel that delivered them died
+    /// (the broker delivers them again), so that no one receives a message whose delivery
+    /// can no longer be settled. Received (locked) messages stay: settling them reports the
+    /// error of the broker call.
+    pub fn forget(&self, forget: impl Fn(&H) -> bool) -> usize {
+        self.buffer.forget_ready(|message| {
+            held::<H>(message).is_some_and(|held| held.handle.lock().as_ref().is_some_and(&forget))
+        })
     }
 
     /// Whether the subscription ended (pushes are refused).
@@ -266,9 +333,14 @@ struct Held<H> {
 /// Takes the broker handle of a pushed `message` and returns its credit: `None` if the
 /// message was not pushed with a `H` or its handle was taken already (it is settled).
 pub(crate) fn take_handle<H: Send + Sync + 'static>(message: &MessageEnvelope) -> Option<H> {
-    let held = message.delivery()?;
-    let held: &(dyn Any + Send + Sync) = &*held.0;
-    let held = held.downcast_ref::<Held<H>>()?;
+    let held = held::<H>(message)?;
     drop(held.credit.lock().take());
     held.handle.lock().take()
+}
+
+/// The broker delivery a pushed `message` holds, if it was pushed with a `H`.
+fn held<H: Send + Sync + 'static>(message: &MessageEnvelope) -> Option<&Held<H>> {
+    let held = message.delivery()?;
+    let held: &(dyn Any + Send + Sync) = &*held.0;
+    held.downcast_ref::<Held<H>>()
 }

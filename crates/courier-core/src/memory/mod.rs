@@ -102,6 +102,9 @@ struct Inner {
     /// Whether the queue is in the process-wide registry of [`connect`](crate::connect); its
     /// dead-letter queue then is too.
     shared: bool,
+    /// A push buffer whose broker redelivers: expired locks put their messages here, for the
+    /// push layer to give back to the broker, instead of back in `ready`.
+    expired: Option<Mutex<Vec<MessageEnvelope>>>,
 }
 
 impl MemoryMessageQueue {
@@ -129,6 +132,19 @@ impl MemoryMessageQueue {
         ))
     }
 
+    /// The buffer of a push queue: no dead-letter rule of its own (the push layer applies
+    /// `max_deliveries`), and, when `broker_redelivers`, expired locks are kept for
+    /// [`take_expired`](Self::take_expired) instead of being made ready again.
+    pub(crate) fn buffer(name: &str, options: QueueOptions, broker_redelivers: bool) -> Self {
+        let mut queue = Self::from_base(QueueBase::new(BACKEND, name, options), false);
+        if broker_redelivers {
+            Arc::get_mut(&mut queue.inner)
+                .expect("a queue just made has no other owner")
+                .expired = Some(Mutex::new(Vec::new()));
+        }
+        queue
+    }
+
     fn from_base(base: QueueBase, shared: bool) -> Self {
         MemoryMessageQueue {
             inner: Arc::new(Inner {
@@ -144,6 +160,7 @@ impl MemoryMessageQueue {
                 room: Notify::new(),
                 dead_letters: OnceLock::new(),
                 shared,
+                expired: None,
             }),
         }
     }
@@ -228,8 +245,39 @@ impl MemoryMessageQueue {
                 self.leaving_locks(requeue.len() + dead.len());
             }
         });
+        if let Some(expired) = &self.inner.expired {
+            expired.lock().extend(requeue.drain(..));
+        }
         self.requeue(requeue.into_iter());
         self.bury(dead);
+    }
+
+    /// Takes the messages whose lock expired, as stored (with their broker delivery): only a
+    /// [`buffer`](Self::buffer) whose broker redelivers keeps them; empty otherwise.
+    pub(crate) fn take_expired(&self) -> Vec<MessageEnvelope> {
+        let Some(expired) = &self.inner.expired else {
+            return Vec::new();
+        };
+        self.release_expired(Instant::now());
+        std::mem::take(&mut *expired.lock())
+    }
+
+    /// When the earliest lock expires, if any lock is held.
+    pub(crate) fn next_lock_deadline(&self) -> Option<Instant> {
+        self.inner.locks.lock().next_deadline()
+    }
+
+    /// Drops the ready messages `forget` picks (the push layer: deliveries of a broker channel
+    /// that died, which the broker delivers again); returns how many.
+    pub(crate) fn forget_ready(&self, forget: impl Fn(&MessageEnvelope) -> bool) -> usize {
+        let forgotten = {
+            let mut ready = self.inner.ready.lock();
+            let before = ready.len();
+            ready.retain(|m| !forget(m));
+            before - ready.len()
+        };
+        self.freed(forgotten);
+        forgotten
     }
 
     /// Bounded queues: `count` messages leave the lock table (call under its mutex); they
@@ -294,10 +342,10 @@ impl MemoryMessageQueue {
     }
 
     /// Stores a message without waiting for room (dead letters and broker pushes: nothing is
-    /// ever discarded).
+    /// ever discarded). Its delivery count says how often it was delivered before (0 for dead
+    /// letters; what the broker says for pushes).
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
-        envelope.set_delivery_count(0);
         self.inner.ready.lock().push_back(envelope);
         self.inner.arrived.notify_one();
     }
