@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::push::{DEFAULT_CREDITS, Redelivery, take_handle};
 use crate::backend::{MessageSink, PushBroker, QueueBase, Settled, deadline_after};
 use crate::{
-    ErrorKind, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
+    Error, ErrorKind, MemoryMessageQueue, MessageEnvelope, MessageQueue, MessageReceiver,
     MessagingCapabilities, Result,
 };
 
@@ -46,13 +46,23 @@ pub struct CachedMessageQueue<B> {
     base: QueueBase,
     buffer: MemoryMessageQueue,
     broker: Arc<B>,
-    /// Brokers that redeliver: the task that gives back messages whose lock expired, while
-    /// subscribed.
-    sweeper: parking_lot::Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
-    /// The credits of the current subscription (being made or made), if any; closed when it
-    /// ends. A plain mutex, never held across an await: a broker may push while `subscribe`
-    /// runs, and receives must go on meanwhile (they free the credits those pushes wait for).
-    subscription: parking_lot::Mutex<Option<Arc<Semaphore>>>,
+    /// The current subscription (being made or made), if any. A plain mutex, never held
+    /// across an await: a broker may push while `subscribe` runs, and receives must go on
+    /// meanwhile (they free the credits those pushes wait for).
+    subscription: parking_lot::Mutex<Option<Subscription>>,
+}
+
+/// One subscription: made by a task of its own, so that a receive cancelled while it waits
+/// for the broker does not undo it (the next receive waits for the same one).
+struct Subscription {
+    /// Its credits; closed when it ends, so that later pushes are refused.
+    credits: Arc<Semaphore>,
+    /// `None` while the broker subscribes, then its answer.
+    started: watch::Receiver<Option<std::result::Result<(), Arc<Error>>>>,
+    /// Ends the task's sweeping (brokers that redeliver).
+    stop: CancellationToken,
+    /// Subscribes, then (brokers that redeliver) gives back messages whose lock expired.
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl<B: PushBroker> CachedMessageQueue<B> {
@@ -73,7 +83,6 @@ impl<B: PushBroker> CachedMessageQueue<B> {
             base,
             buffer,
             broker: Arc::new(broker),
-            sweeper: parking_lot::Mutex::new(None),
             subscription: parking_lot::Mutex::new(None),
         }
     }
@@ -117,54 +126,82 @@ impl<B: PushBroker> CachedMessageQueue<B> {
         Ok(())
     }
 
-    /// Subscribes if the queue is not subscribed yet (or a subscribe is not under way).
+    /// Subscribes if the queue is not subscribed yet, or waits for the subscribe under way.
     async fn ready(&self, correlation_id: Option<&str>) -> Result<()> {
         self.base.check_open()?;
-        let credits = {
+        let mut started = {
             let mut subscription = self.subscription.lock();
             // Checked again under the lock: a `close` may have ended the subscription meanwhile.
             self.base.check_open()?;
-            if subscription.is_some() {
-                return Ok(());
+            match &*subscription {
+                Some(current) => current.started.clone(),
+                None => {
+                    let made = self.subscribe(correlation_id);
+                    let started = made.started.clone();
+                    *subscription = Some(made);
+                    started
+                }
             }
-            let credits = self
-                .base
-                .options()
-                .max_size
-                .unwrap_or(DEFAULT_CREDITS)
-                .min(Semaphore::MAX_PERMITS);
-            let credits = Arc::new(Semaphore::new(credits));
-            *subscription = Some(credits.clone());
-            credits
         };
-        // A subscribe that fails or is cancelled leaves no live sink behind: its credits close
-        // (what the broker pushes into it is refused, and given back), and the next call
-        // subscribes again.
-        let mut unfinished = Unfinished {
-            queue: self,
-            credits: Some(credits.clone()),
+        let answer = started
+            .wait_for(Option::is_some)
+            .await
+            .map(|answer| answer.clone().unwrap_or(Ok(())));
+        let failed = match answer {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => Error::new(e.kind(), e.message().to_owned()).with_source(e),
+            Err(_) => Error::new(ErrorKind::Backend, "the broker's subscribe never answered"),
         };
-        let sink = MessageSink::new(self.buffer.clone(), credits);
-        if let Err(e) = self.broker.subscribe(correlation_id, sink).await {
-            drop(unfinished);
-            // Whatever it pushed before failing goes back.
+        // Forget the failed subscription (unless a newer one replaced it), and give back
+        // whatever it pushed before failing; the next call subscribes again.
+        let ended = {
+            let mut subscription = self.subscription.lock();
+            if subscription
+                .as_ref()
+                .is_some_and(|current| current.started.same_channel(&started))
+            {
+                subscription.take()
+            } else {
+                None
+            }
+        };
+        if let Some(ended) = ended {
+            ended.credits.close();
             self.give_back_held().await;
-            return Err(e);
         }
-        unfinished.credits = None;
-        self.start_sweeper();
-        Ok(())
+        Err(failed.with_queue(self.name()))
     }
 
-    /// Brokers that redeliver: starts the task that gives back expired messages.
-    fn start_sweeper(&self) {
-        if self.broker.redelivery() != Redelivery::Broker {
-            return;
-        }
+    /// Starts a subscription: a task subscribes with a fresh sink, then, for a broker that
+    /// redelivers, sweeps expired locks until the subscription ends.
+    fn subscribe(&self, correlation_id: Option<&str>) -> Subscription {
+        let credits = self
+            .base
+            .options()
+            .max_size
+            .unwrap_or(DEFAULT_CREDITS)
+            .min(Semaphore::MAX_PERMITS);
+        let credits = Arc::new(Semaphore::new(credits));
+        let sink = MessageSink::new(self.buffer.clone(), credits.clone());
+        let (answer, started) = watch::channel(None);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(sweep(self.buffer.clone(), self.broker.clone(), stop.clone()));
-        if let Some((old, _)) = self.sweeper.lock().replace((stop, task)) {
-            old.cancel();
+        let broker = self.broker.clone();
+        let buffer = self.buffer.clone();
+        let correlation_id = correlation_id.map(str::to_owned);
+        let sweeping = stop.clone();
+        let task = tokio::spawn(async move {
+            let subscribed = broker.subscribe(correlation_id.as_deref(), sink).await;
+            let ok = subscribed.is_ok();
+            let _ = answer.send(Some(subscribed.map_err(Arc::new)));
+            if ok && broker.redelivery() == Redelivery::Broker {
+                sweep(buffer, broker, sweeping).await;
+            }
+        });
+        Subscription {
+            credits,
+            started,
+            stop,
+            task,
         }
     }
 
@@ -175,15 +212,13 @@ impl<B: PushBroker> CachedMessageQueue<B> {
 
     /// Ends the subscription: later pushes are refused, held messages go back to the broker.
     async fn end_subscription(&self, correlation_id: Option<&str>) -> Result<()> {
-        let Some(credits) = self.subscription.lock().take() else {
+        let Some(ended) = self.subscription.lock().take() else {
             return Ok(());
         };
-        credits.close();
-        let sweeper = self.sweeper.lock().take();
-        if let Some((stop, task)) = sweeper {
-            stop.cancel();
-            let _ = task.await;
-        }
+        ended.credits.close();
+        ended.stop.cancel();
+        // A subscribe under way finishes first (bounded by the broker's connect timeout).
+        let _ = ended.task.await;
         let unsubscribed = self.broker.unsubscribe(correlation_id).await;
         self.give_back_held().await;
         unsubscribed
@@ -191,8 +226,16 @@ impl<B: PushBroker> CachedMessageQueue<B> {
 
     /// Gives every message the buffer holds back to the broker (on close, and on open for
     /// any a receive racing the close still locked), one at a time: a cancelled call leaves
-    /// the rest in the buffer, handles and all.
+    /// the rest in the buffer, handles and all. Those never handed out are released (no
+    /// delivery counted), those received are abandoned.
     async fn give_back_held(&self) {
+        while let Some(message) = self.buffer.take_ready() {
+            if let Some(handle) = take_handle::<B::Handle>(&message) {
+                if let Err(e) = self.broker.release(&message, handle).await {
+                    tracing::warn!(queue = self.name(), error = %e, "Failed to give a held message back to the broker");
+                }
+            }
+        }
         while let Some(message) = self.buffer.take_any() {
             self.give_back(&message).await;
         }
@@ -229,36 +272,12 @@ async fn sweep<B: PushBroker>(buffer: MemoryMessageQueue, broker: Arc<B>, stop: 
     }
 }
 
-/// A subscribe under way: if it does not finish, its credits close and the queue forgets
-/// them (unless a newer subscription replaced them).
-struct Unfinished<'a, B> {
-    queue: &'a CachedMessageQueue<B>,
-    credits: Option<Arc<Semaphore>>,
-}
-
-impl<B> Drop for Unfinished<'_, B> {
-    fn drop(&mut self) {
-        if let Some(credits) = self.credits.take() {
-            credits.close();
-            let mut subscription = self.queue.subscription.lock();
-            if subscription
-                .as_ref()
-                .is_some_and(|current| Arc::ptr_eq(current, &credits))
-            {
-                *subscription = None;
-            }
-        }
-    }
-}
-
 impl<B> Drop for CachedMessageQueue<B> {
     fn drop(&mut self) {
         // Dropped without `close`: pushes into its sink must not wait forever.
-        if let Some(credits) = self.subscription.get_mut().take() {
-            credits.close();
-        }
-        if let Some((stop, _)) = self.sweeper.get_mut().take() {
-            stop.cancel();
+        if let Some(ended) = self.subscription.get_mut().take() {
+            ended.credits.close();
+            ended.stop.cancel();
         }
     }
 }
@@ -319,6 +338,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
     }
 
     async fn read_message_count(&self) -> Result<usize> {
+        self.base.check_open()?;
         self.base.check_capability(
             self.capabilities().can_message_count(),
             "read_message_count",
@@ -329,6 +349,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
     }
 
     async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
+        self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_send(), "send")?;
         let envelope = self.base.prepare_send(envelope)?;
@@ -338,6 +359,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
     }
 
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
+        self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_peek(), "peek")?;
         self.ready(correlation_id).await?;
@@ -349,6 +371,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
+        self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_peek_batch(), "peek_batch")?;
         self.ready(correlation_id).await?;
@@ -360,6 +383,7 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
+        self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
         self.ready(correlation_id).await?;

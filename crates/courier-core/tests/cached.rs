@@ -432,7 +432,7 @@ impl PushBroker for SlowSubscribe {
 }
 
 #[tokio::test]
-async fn a_cancelled_subscribe_leaves_no_live_sink_behind() {
+async fn a_cancelled_receive_does_not_undo_the_subscription() {
     let broker = SlowSubscribe::default();
     let config = ConfigParams::from_string("name=slow-subscribe").unwrap();
     let queue = CachedMessageQueue::new(
@@ -440,20 +440,80 @@ async fn a_cancelled_subscribe_leaves_no_live_sink_behind() {
         broker.clone(),
     );
     queue.open(None).await.unwrap();
-    // The first subscribe is cancelled halfway.
+    // The first operation is cancelled while the broker subscribes: the subscribe goes on.
     let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.peek(None)).await;
     assert!(cancelled.is_err());
     let first = broker.0.lock().unwrap()[0].clone();
     assert!(
-        first.is_closed(),
-        "the sink of a cancelled subscribe still takes pushes"
+        !first.is_closed(),
+        "a cancelled peek ended the subscription"
     );
-    assert!(first.push(envelope(0), ()).await.is_err());
-    // The next operation subscribes again, and that sink is live.
+    // The next operation waits for the same subscription instead of making another.
     assert!(queue.peek(None).await.unwrap().is_none());
-    let second = broker.0.lock().unwrap()[1].clone();
-    second.push(envelope(1), ()).await.unwrap();
+    assert_eq!(broker.0.lock().unwrap().len(), 1, "subscribed twice");
+    first.push(envelope(1), ()).await.unwrap();
     assert_eq!(queue.read_message_count().await.unwrap(), 1);
+    // Closing ends it: the sink refuses pushes.
+    queue.close(None).await.unwrap();
+    assert!(first.is_closed());
+    assert!(first.push(envelope(2), ()).await.is_err());
+}
+
+/// A broker whose first `subscribe` fails.
+#[derive(Clone, Default)]
+struct FailOnce(Arc<Mutex<Vec<MessageSink<()>>>>);
+
+#[async_trait]
+impl PushBroker for FailOnce {
+    type Handle = ();
+    fn capabilities(&self) -> MessagingCapabilities {
+        MessagingCapabilities::all()
+    }
+    async fn connect(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn disconnect(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn subscribe(&self, _: Option<&str>, sink: MessageSink<()>) -> Result<()> {
+        let mut sinks = self.0.lock().unwrap();
+        sinks.push(sink);
+        if sinks.len() == 1 {
+            return Err(courier_core::Error::new(
+                courier_core::ErrorKind::Connection,
+                "broker down",
+            ));
+        }
+        Ok(())
+    }
+    async fn unsubscribe(&self, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    async fn send(&self, _: Option<&str>, _: &MessageEnvelope) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_subscribe_is_reported_and_made_again() {
+    let broker = FailOnce::default();
+    let config = ConfigParams::from_string("name=fail-once").unwrap();
+    let queue = CachedMessageQueue::new(
+        QueueBase::from_config("failing", &config, None).unwrap(),
+        broker.clone(),
+    );
+    queue.open(None).await.unwrap();
+    let e = queue.receive(None, Duration::ZERO).await.unwrap_err();
+    assert_eq!(e.kind(), courier_core::ErrorKind::Connection);
+    assert!(e.to_string().contains("broker down"), "{e}");
+    let first = broker.0.lock().unwrap()[0].clone();
+    assert!(
+        first.is_closed(),
+        "the sink of a failed subscribe takes pushes"
+    );
+    assert!(queue.receive(None, Duration::ZERO).await.unwrap().is_none());
+    let second = broker.0.lock().unwrap()[1].clone();
+    assert!(!second.is_closed());
 }
 
 #[tokio::test]

@@ -12,6 +12,11 @@ pub use courier_core::*;
 )]
 pub use courier_sql as sql;
 
+/// Queues on RabbitMQ (AMQP 0-9-1), wire-compatible with pip-services.
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub use courier_rabbitmq as rabbitmq;
+
 /// Registers the URI schemes of every enabled backend with the core's registry. Every path of
 /// this crate that creates queues ([`connect`], [`create_from_uri`],
 /// [`DefaultMessagingFactory::new`], [`messaging_factory`]) calls it first, so there is no need
@@ -22,12 +27,14 @@ pub fn register_backends() {
     ONCE.call_once(|| {
         #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
         courier_sql::register();
+        #[cfg(feature = "rabbitmq")]
+        courier_rabbitmq::register();
     });
 }
 
 /// Creates and opens the queue `uri` names, on any enabled backend: `memory://NAME`, and with
 /// their features `sqlite://PATH?queue=NAME`, `postgres://…?queue=NAME`,
-/// `mysql://…?queue=NAME`. See [`courier_core::connect`].
+/// `mysql://…?queue=NAME`, `amqp://…?queue=NAME`. See [`courier_core::connect`].
 ///
 /// # Errors
 ///
@@ -55,7 +62,7 @@ pub fn create_from_uri(uri: &str) -> Result<std::sync::Arc<dyn MessageQueue>> {
 
 /// The pip-services messaging factory with the descriptors of every enabled backend:
 /// `pip-services:message-queue:memory:*:1.0`, `pip-services:queue-factory:memory:*:1.0`, and with
-/// their features `pip-services:message-queue:<sqlite|postgres|mysql>:*:1.0`. It derefs to
+/// their features `pip-services:message-queue:<sqlite|postgres|mysql|rabbitmq>:*:1.0`. It derefs to
 /// [`courier_core::DefaultMessagingFactory`], whose methods it has.
 ///
 /// ```
@@ -76,6 +83,8 @@ impl DefaultMessagingFactory {
         let mut factory = courier_core::DefaultMessagingFactory::new();
         #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
         courier_sql::register_descriptors(&mut factory);
+        #[cfg(feature = "rabbitmq")]
+        courier_rabbitmq::register_descriptors(&mut factory);
         DefaultMessagingFactory(factory)
     }
 

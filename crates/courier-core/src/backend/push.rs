@@ -75,9 +75,10 @@ pub trait PushBroker: Send + Sync + 'static {
     async fn disconnect(&self, correlation_id: Option<&str>) -> Result<()>;
 
     /// Starts pushing the queue's messages into `sink`. Called once per subscription: on
-    /// `open` with `options.autosubscribe`, else on the first peek, receive, count or listen.
-    /// After a `subscribe` that failed or was cancelled the queue calls it again with a new
-    /// sink: it replaces the earlier one, whose pushes are refused with [`Closed`].
+    /// `open` with `options.autosubscribe`, else on the first peek, receive, count or listen,
+    /// from a task of the queue's own (a receive cancelled meanwhile does not cancel it).
+    /// After a `subscribe` that failed the queue calls it again with a new sink: it replaces
+    /// the earlier one, whose pushes are refused with [`Closed`].
     ///
     /// Push from a delivery task of your own (the broker's consumer loop), not from inside
     /// `subscribe`: `push` may wait for credits that only the queue's receivers free, and the
@@ -184,6 +185,23 @@ pub trait PushBroker: Send + Sync + 'static {
     /// The queue may drop the future; leave the broker consistent when dropped.
     async fn abandon(&self, _message: &MessageEnvelope, _handle: Self::Handle) -> Result<()> {
         Ok(())
+    }
+
+    /// Gives back the delivery of a message the queue never handed out (it held it, ready,
+    /// when it closed): the broker delivers it again *without counting a delivery*, where it
+    /// counts them (a RabbitMQ quorum queue counts every requeue, so courier republishes a
+    /// copy that carries the count and acknowledges the original). Called at most once per
+    /// handle. Default: [`abandon`](Self::abandon).
+    ///
+    /// # Errors
+    ///
+    /// A backend error; logged.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue may drop the future; leave the broker consistent when dropped.
+    async fn release(&self, message: &MessageEnvelope, handle: Self::Handle) -> Result<()> {
+        self.abandon(message, handle).await
     }
 
     /// Moves `message` to the broker's dead-letter destination and settles its delivery.
