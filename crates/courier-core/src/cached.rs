@@ -386,8 +386,12 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
-        self.ready(correlation_id).await?;
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
+        // A subscribe slower than the wait goes on for the next receive; this one is empty.
+        match tokio::time::timeout_at(deadline, self.ready(correlation_id)).await {
+            Ok(ready) => ready?,
+            Err(_) => return Ok(None),
+        }
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let message = match self.buffer.receive(correlation_id, wait).await {

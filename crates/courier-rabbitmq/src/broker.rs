@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RabbitMqConfig;
-use crate::link::{Link, Links};
+use crate::link::{Link, Links, answer};
 use crate::{BACKEND, wire};
 
 /// A delivery of RabbitMQ, as the queue holds it: settled on the channel that delivered it,
@@ -61,10 +61,6 @@ impl RabbitMqBroker {
         self.shared.links.config()
     }
 
-    fn error(&self, e: lapin::Error, what: &str) -> Error {
-        self.shared.links.error(e, what)
-    }
-
     /// Stops the consumer task, if any, and keeps its channel for settling.
     async fn stop_consumer(&self) {
         let consumer = self.shared.consumer.lock().take();
@@ -82,7 +78,8 @@ impl RabbitMqBroker {
         let retired = std::mem::take(&mut *self.shared.retired.lock());
         for channel in retired {
             if channel.status().connected() {
-                let _ = channel.close(200, "courier consumer stopped".into()).await;
+                let close = channel.close(200, "courier consumer stopped".into());
+                let _ = answer(self.config(), "close a channel", close).await;
             }
         }
     }
@@ -91,10 +88,6 @@ impl RabbitMqBroker {
 impl Shared {
     fn config(&self) -> &RabbitMqConfig {
         self.links.config()
-    }
-
-    fn error(&self, e: lapin::Error, what: &str) -> Error {
-        self.links.error(e, what)
     }
 
     /// Puts back a delivery the queue never handed out, without counting a delivery: a copy
@@ -108,10 +101,11 @@ impl Shared {
         );
         let queue = self.config().queue.clone();
         if let Err(e) = self.publish("", &queue, message, Some(headers)).await {
-            requeue(&handle).await;
+            requeue(self.config(), &handle).await;
             return Err(e);
         }
-        let _ = handle.acker.ack(BasicAckOptions::default()).await;
+        let ack = handle.acker.ack(BasicAckOptions::default());
+        let _ = settle(self.config(), "acknowledge", &handle.acker, ack).await;
         Ok(())
     }
 
@@ -143,9 +137,8 @@ impl Shared {
                 return Err(unroutable("", queue, &why, config));
             }
             let link = self.links.get().await?;
-            crate::link::declare_dead_letter_queue(&link.publisher, config)
-                .await
-                .map_err(|e| self.error(e, "declare the dead-letter queue"))?;
+            let declare = crate::link::declare_dead_letter_queue(&link.publisher, config);
+            answer(config, "declare the dead-letter queue", declare).await?;
             self.publish("", queue, message, None).await?;
         }
         Ok(())
@@ -170,7 +163,7 @@ impl Shared {
             mandatory: true,
             ..Default::default()
         };
-        let confirmation = async {
+        let publish = async {
             link.publisher
                 .basic_publish(
                     exchange.into(),
@@ -181,9 +174,8 @@ impl Shared {
                 )
                 .await?
                 .await
-        }
-        .await
-        .map_err(|e| self.error(e, "publish"))?;
+        };
+        let confirmation = answer(config, "publish", publish).await?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Routed::Yes),
             Confirmation::Ack(Some(returned)) => {
@@ -324,40 +316,35 @@ impl PushBroker for RabbitMqBroker {
             passive: true,
             ..Default::default()
         };
-        let queue = link
-            .publisher
-            .queue_declare(
-                self.config().queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| self.error(e, "count the queue"))?;
+        let declare = link.publisher.queue_declare(
+            self.config().queue.as_str().into(),
+            passive,
+            FieldTable::default(),
+        );
+        let queue = answer(self.config(), "count the queue", declare).await?;
         Ok(usize::try_from(queue.message_count()).unwrap_or(usize::MAX))
     }
 
     async fn purge(&self) -> Result<()> {
         let link = self.shared.links.get().await?;
-        link.publisher
-            .queue_purge(
-                self.config().queue.as_str().into(),
-                QueuePurgeOptions::default(),
-            )
-            .await
-            .map_err(|e| self.error(e, "purge the queue"))?;
+        let purge = link.publisher.queue_purge(
+            self.config().queue.as_str().into(),
+            QueuePurgeOptions::default(),
+        );
+        answer(self.config(), "purge the queue", purge).await?;
         Ok(())
     }
 
     async fn complete(&self, _message: &MessageEnvelope, handle: RabbitMqDelivery) -> Result<()> {
-        match handle.acker.ack(BasicAckOptions::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.lost("complete")),
-            Err(e) => Err(self.error(e, "acknowledge")),
+        let ack = handle.acker.ack(BasicAckOptions::default());
+        match settle(self.config(), "acknowledge", &handle.acker, ack).await? {
+            true => Ok(()),
+            false => Err(self.lost("complete")),
         }
     }
 
     async fn abandon(&self, _message: &MessageEnvelope, handle: RabbitMqDelivery) -> Result<()> {
-        requeue(&handle).await;
+        requeue(self.config(), &handle).await;
         Ok(())
     }
 
@@ -406,29 +393,52 @@ fn unroutable(exchange: &str, routing_key: &str, why: &str, config: &RabbitMqCon
 
 /// Gives a delivery back to the broker (a requeueing `nack`, which counts a delivery); a
 /// closed channel gave it back already.
-async fn requeue(handle: &RabbitMqDelivery) {
+async fn requeue(config: &RabbitMqConfig, handle: &RabbitMqDelivery) {
     let requeue = BasicNackOptions {
         requeue: true,
         ..Default::default()
     };
-    let _ = handle.acker.nack(requeue).await;
+    let nack = handle.acker.nack(requeue);
+    let _ = settle(config, "give the message back", &handle.acker, nack).await;
+}
+
+/// Waits for an acknowledgement `call` of `acker`: `Ok(false)` if its channel dies first (the
+/// broker delivers the message again; lapin may never answer a call its dead channel held).
+async fn settle(
+    config: &RabbitMqConfig,
+    what: &str,
+    acker: &Acker,
+    call: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> Result<bool> {
+    let died = async {
+        while !acker.poisoned() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        answered = answer(config, what, call) => answered,
+        () = died => Ok(false),
+    }
 }
 
 /// Opens a consuming channel on `link`: prefetch, manual acknowledgements.
-async fn consume(link: &Link, config: &RabbitMqConfig) -> lapin::Result<(Channel, Consumer)> {
-    let channel = link.connection.create_channel().await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((channel, consumer))
+async fn consume(link: &Link, config: &RabbitMqConfig) -> Result<(Channel, Consumer)> {
+    let start = async {
+        let channel = link.connection.create_channel().await?;
+        channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                config.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, consumer))
+    };
+    answer(config, "consume", start).await
 }
 
 /// The consumer task. Consumes (reporting the first attempt to `started`), then pushes every
@@ -443,9 +453,7 @@ async fn deliver(
     started: oneshot::Sender<Result<()>>,
 ) -> Option<Channel> {
     let first = match shared.links.get().await {
-        Ok(link) => consume(&link, shared.config())
-            .await
-            .map_err(|e| shared.error(e, "consume")),
+        Ok(link) => consume(&link, shared.config()).await,
         Err(e) => Err(e),
     };
     let (mut channel, mut consumer) = match first {
@@ -465,7 +473,8 @@ async fn deliver(
         // The channel is gone (or the broker cancelled the consumer): whatever it delivered
         // comes back from the broker.
         if channel.status().connected() {
-            let _ = channel.close(200, "courier consumer restarts".into()).await;
+            let close = channel.close(200, "courier consumer restarts".into());
+            let _ = answer(shared.config(), "close a channel", close).await;
         }
         let forgotten = sink.forget(|d| !d.acker.usable());
         if forgotten > 0 {
@@ -511,9 +520,8 @@ async fn push_all(
         }
     }
     // Stop the flow, then put back what arrived before the broker heard it.
-    let cancelled = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    let cancelled = answer(shared.config(), "cancel the consumer", cancel).await;
     if cancelled.is_ok() {
         let drain = async {
             while let Some(Ok(delivery)) = consumer.next().await {
@@ -555,7 +563,6 @@ async fn reconsume(shared: &Shared) -> (Channel, Consumer) {
                 return fresh;
             }
             Err(e) => {
-                let e = shared.error(e, "consume");
                 tracing::warn!(queue = %shared.config().queue, error = %e, "RabbitMQ consumer cannot restart; retrying");
             }
         }

@@ -135,10 +135,8 @@ impl Links {
         let link = self.current.lock().take();
         if let Some(link) = link {
             if link.connection.status().connected() {
-                let _ = link
-                    .connection
-                    .close(200, "courier queue closed".into())
-                    .await;
+                let close = link.connection.close(200, "courier queue closed".into());
+                let _ = answer(&self.config, "close the connection", close).await;
             }
         }
     }
@@ -178,6 +176,32 @@ impl Links {
     /// A courier error for a lapin error met while doing `what`.
     pub(crate) fn error(&self, e: lapin::Error, what: &str) -> Error {
         amqp_error(e, what, &self.config)
+    }
+}
+
+/// Waits for the broker's answer to `call` (doing `what`) for up to `connect_timeout`: a
+/// connection cut in the middle of a call must not leave it waiting forever.
+///
+/// # Errors
+///
+/// The call's error, or [`ErrorKind::Timeout`].
+pub(crate) async fn answer<T>(
+    config: &RabbitMqConfig,
+    what: &str,
+    call: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(config.connect_timeout, call).await {
+        Ok(answered) => answered.map_err(|e| amqp_error(e, what, config)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot {what}: RabbitMQ at {} did not answer within {:?} (options.connect_timeout)",
+                config.address(),
+                config.connect_timeout
+            ),
+        )
+        .with_backend(BACKEND)
+        .with_queue(&config.queue)),
     }
 }
 

@@ -73,14 +73,18 @@ impl Drop for RabbitMqHarness {
         let mut names = std::mem::take(&mut *self.created.lock());
         names.sort();
         names.dedup();
-        let url = self.url.clone();
-        // A thread of its own: the harness is dropped inside a runtime.
-        let _ = std::thread::spawn(move || delete_queues(&url, &names)).join();
+        delete_queues(&self.url, &names);
     }
 }
 
-/// Deletes the queues `names` and their `.dlq` queues, ignoring errors.
+/// Deletes the queues `names` and their `.dlq` queues, ignoring errors. Blocks, on a thread
+/// of its own (callable from inside a runtime).
 pub fn delete_queues(url: &str, names: &[String]) {
+    let (url, names) = (url.to_owned(), names.to_vec());
+    let _ = std::thread::spawn(move || delete_now(&url, &names)).join();
+}
+
+fn delete_now(url: &str, names: &[String]) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
