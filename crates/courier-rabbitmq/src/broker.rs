@@ -258,7 +258,7 @@ impl PushBroker for RabbitMqBroker {
     }
 
     async fn connect(&self, _correlation_id: Option<&str>) -> Result<()> {
-        self.shared.links.get().await.map(drop)
+        self.shared.links.get_once().await.map(drop)
     }
 
     async fn disconnect(&self, _correlation_id: Option<&str>) -> Result<()> {

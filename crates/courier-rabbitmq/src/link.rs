@@ -55,7 +55,8 @@ impl Links {
     }
 
     /// The live link, connecting (with backoff) if there is none, for up to
-    /// `options.connect_timeout`.
+    /// `options.connect_timeout`; `once` makes a single attempt (`open`: a broker that is
+    /// not there is reported at once, not retried).
     ///
     /// # Errors
     ///
@@ -67,6 +68,15 @@ impl Links {
     ///
     /// Cancel safe: a cancelled attempt leaves no link behind.
     pub(crate) async fn get(&self) -> Result<Arc<Link>> {
+        self.connect_within(false).await
+    }
+
+    /// [`get`](Self::get) with a single attempt.
+    pub(crate) async fn get_once(&self) -> Result<Arc<Link>> {
+        self.connect_within(true).await
+    }
+
+    async fn connect_within(&self, once: bool) -> Result<Arc<Link>> {
         if let Some(link) = self.alive() {
             return Ok(link);
         }
@@ -93,14 +103,18 @@ impl Links {
                 ),
             };
             let pause = backoff.next_delay();
-            if Instant::now() + pause >= deadline {
+            if once || Instant::now() + pause >= deadline {
+                let within = if once {
+                    String::new()
+                } else {
+                    format!(
+                        " within {:?} (options.connect_timeout)",
+                        self.config.connect_timeout
+                    )
+                };
                 return Err(Error::new(
                     ErrorKind::Connection,
-                    format!(
-                        "cannot reach RabbitMQ at {} within {:?} (options.connect_timeout)",
-                        self.config.address(),
-                        self.config.connect_timeout
-                    ),
+                    format!("cannot reach RabbitMQ at {}{within}", self.config.address()),
                 )
                 .with_source(error)
                 .with_backend(BACKEND)
