@@ -4,7 +4,7 @@ section 3.3): the raw body, the AMQP properties message_id, correlation_id and t
 only when set), content_type text/plain, delivery_mode 2 when persistent.
 
     amqp_peer.py publish URL QUEUE   < JSON lines: {"message_id", "correlation_id", "type",
-                                        "body_b64", "headers", "bare", "persistent"}
+                                        "body_b64", "headers", "reply_to", "bare", "persistent"}
     amqp_peer.py read URL QUEUE N    > JSON lines, one per message (basic.get, then ack)
 
 "bare" publishes with no properties at all (a foreign client); "headers" adds headers.
@@ -41,6 +41,7 @@ def publish(url, queue):
                 correlation_id=m.get("correlation_id") or None,
                 type=m.get("type") or None,
                 delivery_mode=2 if m.get("persistent", True) else None,
+                reply_to=m.get("reply_to"),
                 headers=m.get("headers"),
             )
         channel.basic_publish("", queue, body, props, mandatory=True)
@@ -64,6 +65,8 @@ def read(url, queue, count):
             "content_type": props.content_type,
             "delivery_mode": props.delivery_mode,
             "timestamp": props.timestamp,
+            "reply_to": props.reply_to,
+            "headers": {k: str(v) for k, v in (props.headers or {}).items()},
             "body_b64": base64.b64encode(body).decode(),
             # What a pip-services Node receiver makes of the body: UTF-8 text.
             "node_text": body.decode("utf-8", errors="replace"),

@@ -36,6 +36,7 @@ use futures::future::BoxFuture;
 
 pub mod checks;
 pub mod fault;
+pub mod outages;
 mod receiver;
 mod support;
 

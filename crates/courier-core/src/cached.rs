@@ -239,6 +239,10 @@ impl<B: PushBroker> CachedMessageQueue<B> {
         while let Some(message) = self.buffer.take_any() {
             self.give_back(&message).await;
         }
+        // Brokers that redeliver: locks that expired since the sweeper last looked.
+        for message in self.buffer.take_expired() {
+            self.give_back(&message).await;
+        }
     }
 }
 

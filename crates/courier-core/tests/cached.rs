@@ -402,12 +402,23 @@ async fn clear_acknowledges_what_it_removes() {
     );
 }
 
-/// A broker whose `subscribe` takes a while, and that keeps every sink it was given.
+/// A broker that keeps every sink it was given; its `subscribe` takes `delay`, and fails the
+/// first time when `fail_first`.
 #[derive(Clone, Default)]
-struct SlowSubscribe(Arc<Mutex<Vec<MessageSink<()>>>>);
+struct KeepSinks {
+    sinks: Arc<Mutex<Vec<MessageSink<()>>>>,
+    delay: Duration,
+    fail_first: bool,
+}
+
+impl KeepSinks {
+    fn sink(&self, i: usize) -> MessageSink<()> {
+        self.sinks.lock().unwrap()[i].clone()
+    }
+}
 
 #[async_trait]
-impl PushBroker for SlowSubscribe {
+impl PushBroker for KeepSinks {
     type Handle = ();
     fn capabilities(&self) -> MessagingCapabilities {
         MessagingCapabilities::all()
@@ -419,66 +430,13 @@ impl PushBroker for SlowSubscribe {
         Ok(())
     }
     async fn subscribe(&self, _: Option<&str>, sink: MessageSink<()>) -> Result<()> {
-        self.0.lock().unwrap().push(sink);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok(())
-    }
-    async fn unsubscribe(&self, _: Option<&str>) -> Result<()> {
-        Ok(())
-    }
-    async fn send(&self, _: Option<&str>, _: &MessageEnvelope) -> Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn a_cancelled_receive_does_not_undo_the_subscription() {
-    let broker = SlowSubscribe::default();
-    let config = ConfigParams::from_string("name=slow-subscribe").unwrap();
-    let queue = CachedMessageQueue::new(
-        QueueBase::from_config("slow", &config, None).unwrap(),
-        broker.clone(),
-    );
-    queue.open(None).await.unwrap();
-    // The first operation is cancelled while the broker subscribes: the subscribe goes on.
-    let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.peek(None)).await;
-    assert!(cancelled.is_err());
-    let first = broker.0.lock().unwrap()[0].clone();
-    assert!(
-        !first.is_closed(),
-        "a cancelled peek ended the subscription"
-    );
-    // The next operation waits for the same subscription instead of making another.
-    assert!(queue.peek(None).await.unwrap().is_none());
-    assert_eq!(broker.0.lock().unwrap().len(), 1, "subscribed twice");
-    first.push(envelope(1), ()).await.unwrap();
-    assert_eq!(queue.read_message_count().await.unwrap(), 1);
-    // Closing ends it: the sink refuses pushes.
-    queue.close(None).await.unwrap();
-    assert!(first.is_closed());
-    assert!(first.push(envelope(2), ()).await.is_err());
-}
-
-/// A broker whose first `subscribe` fails.
-#[derive(Clone, Default)]
-struct FailOnce(Arc<Mutex<Vec<MessageSink<()>>>>);
-
-#[async_trait]
-impl PushBroker for FailOnce {
-    type Handle = ();
-    fn capabilities(&self) -> MessagingCapabilities {
-        MessagingCapabilities::all()
-    }
-    async fn connect(&self, _: Option<&str>) -> Result<()> {
-        Ok(())
-    }
-    async fn disconnect(&self, _: Option<&str>) -> Result<()> {
-        Ok(())
-    }
-    async fn subscribe(&self, _: Option<&str>, sink: MessageSink<()>) -> Result<()> {
-        let mut sinks = self.0.lock().unwrap();
-        sinks.push(sink);
-        if sinks.len() == 1 {
+        let first = {
+            let mut sinks = self.sinks.lock().unwrap();
+            sinks.push(sink);
+            sinks.len() == 1
+        };
+        tokio::time::sleep(self.delay).await;
+        if first && self.fail_first {
             return Err(courier_core::Error::new(
                 courier_core::ErrorKind::Connection,
                 "broker down",
@@ -494,26 +452,59 @@ impl PushBroker for FailOnce {
     }
 }
 
+fn queue_over(broker: &KeepSinks, name: &str) -> CachedMessageQueue<KeepSinks> {
+    let config = ConfigParams::from_tuples([("name", name)]);
+    CachedMessageQueue::new(
+        QueueBase::from_config("keep", &config, None).unwrap(),
+        broker.clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_cancelled_receive_does_not_undo_the_subscription() {
+    let broker = KeepSinks {
+        delay: Duration::from_millis(200),
+        ..KeepSinks::default()
+    };
+    let queue = queue_over(&broker, "slow-subscribe");
+    queue.open(None).await.unwrap();
+    // The first operation is cancelled while the broker subscribes: the subscribe goes on.
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.peek(None)).await;
+    assert!(cancelled.is_err());
+    let first = broker.sink(0);
+    assert!(
+        !first.is_closed(),
+        "a cancelled peek ended the subscription"
+    );
+    // The next operation waits for the same subscription instead of making another.
+    assert!(queue.peek(None).await.unwrap().is_none());
+    assert_eq!(broker.sinks.lock().unwrap().len(), 1, "subscribed twice");
+    first.push(envelope(1), ()).await.unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+    // Closing ends it: the sink refuses pushes.
+    queue.close(None).await.unwrap();
+    assert!(first.is_closed());
+    assert!(first.push(envelope(2), ()).await.is_err());
+}
+
 #[tokio::test]
 async fn a_failed_subscribe_is_reported_and_made_again() {
-    let broker = FailOnce::default();
-    let config = ConfigParams::from_string("name=fail-once").unwrap();
-    let queue = CachedMessageQueue::new(
-        QueueBase::from_config("failing", &config, None).unwrap(),
-        broker.clone(),
-    );
+    let broker = KeepSinks {
+        fail_first: true,
+        ..KeepSinks::default()
+    };
+    let queue = queue_over(&broker, "fail-once");
     queue.open(None).await.unwrap();
-    let e = queue.receive(None, Duration::ZERO).await.unwrap_err();
+    let wait = Duration::from_millis(100);
+    let e = queue.receive(None, wait).await.unwrap_err();
     assert_eq!(e.kind(), courier_core::ErrorKind::Connection);
     assert!(e.to_string().contains("broker down"), "{e}");
-    let first = broker.0.lock().unwrap()[0].clone();
     assert!(
-        first.is_closed(),
+        broker.sink(0).is_closed(),
         "the sink of a failed subscribe takes pushes"
     );
-    assert!(queue.receive(None, Duration::ZERO).await.unwrap().is_none());
-    let second = broker.0.lock().unwrap()[1].clone();
-    assert!(!second.is_closed());
+    assert!(queue.receive(None, wait).await.unwrap().is_none());
+    assert!(!broker.sink(1).is_closed());
 }
 
 #[tokio::test]

@@ -14,21 +14,69 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, Channel, Confirmation, Consumer};
+use lapin::{Acker, BasicProperties, Channel, Confirmation, Consumer};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RabbitMqConfig;
-use crate::link::{Link, Links, answer};
+use crate::link::{Link, Links, answer, declare_queue};
 use crate::{BACKEND, wire};
 
 /// A delivery of RabbitMQ, as the queue holds it: settled on the channel that delivered it,
-/// never on another (delivery tags are per channel).
+/// never on another (delivery tags are per channel). One dropped unsettled (a cancelled
+/// settle, a queue dropped without `close`) is given back to the broker (a requeueing nack)
+/// from a task, so that it never sits unacknowledged on a live channel.
 #[derive(Debug)]
 pub struct RabbitMqDelivery {
     acker: Acker,
+    /// The message's properties as delivered, for copies (dead letters, put back uncounted).
+    properties: BasicProperties,
 }
+
+impl RabbitMqDelivery {
+    /// The properties of a copy of this delivery: the original's, headers included, without
+    /// the delivery counts; with `earlier` deliveries to carry, if any.
+    fn copy_properties(&self, earlier: Option<u32>) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        if let Some(original) = self.properties.headers() {
+            for (key, value) in original {
+                let counting = [wire::EARLIER_DELIVERIES, "x-delivery-count"];
+                if !counting.contains(&key.as_str()) {
+                    headers.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        if let Some(earlier) = earlier {
+            headers.insert(
+                wire::EARLIER_DELIVERIES.into(),
+                AMQPValue::LongLongInt(earlier.into()),
+            );
+        }
+        self.properties.clone().with_headers(headers)
+    }
+}
+
+impl Drop for RabbitMqDelivery {
+    fn drop(&mut self) {
+        if !self.acker.usable() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let acker = self.acker.clone();
+            runtime.spawn(async move {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                };
+                let _ = tokio::time::timeout(GIVE_BACK_TIMEOUT, acker.nack(requeue)).await;
+            });
+        }
+    }
+}
+
+/// How long a delivery dropped unsettled waits for its nack.
+const GIVE_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The broker half of a [`RabbitMqMessageQueue`](crate::RabbitMqMessageQueue).
 pub struct RabbitMqBroker {
@@ -94,13 +142,13 @@ impl Shared {
     /// that carries the original's count goes to the queue, then the original is
     /// acknowledged. If the copy cannot be published, the delivery is requeued (counted).
     async fn release(&self, message: &MessageEnvelope, handle: RabbitMqDelivery) -> Result<()> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            wire::EARLIER_DELIVERIES.into(),
-            AMQPValue::LongLongInt(message.delivery_count().into()),
-        );
+        if !handle.acker.usable() {
+            // Its channel died: RabbitMQ delivers it again by itself.
+            return Ok(());
+        }
+        let properties = handle.copy_properties(Some(message.delivery_count()));
         let queue = self.config().queue.clone();
-        if let Err(e) = self.publish("", &queue, message, Some(headers)).await {
+        if let Err(e) = self.publish("", &queue, &message.message, properties).await {
             requeue(self.config(), &handle).await;
             return Err(e);
         }
@@ -109,17 +157,17 @@ impl Shared {
         Ok(())
     }
 
-    /// Publishes `envelope` to `exchange` with `routing_key` and waits for the broker's
-    /// confirm; a message no queue takes is an error, not a loss.
+    /// Publishes `body` with `properties` to `exchange` with `routing_key` and waits for the
+    /// broker's confirm; a message no queue takes is an error, not a loss.
     async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: &MessageEnvelope,
-        headers: Option<FieldTable>,
+        body: &[u8],
+        properties: BasicProperties,
     ) -> Result<()> {
         match self
-            .try_publish(exchange, routing_key, envelope, headers)
+            .try_publish(exchange, routing_key, body, properties.clone())
             .await?
         {
             Routed::Yes => Ok(()),
@@ -127,19 +175,28 @@ impl Shared {
         }
     }
 
-    /// Publishes a copy of `message` to the dead-letter queue, declaring it first if it does
-    /// not exist and `auto_create` is on.
-    async fn dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
+    /// Publishes a copy of the delivered `message` to the dead-letter queue, declaring it
+    /// first if it does not exist and `auto_create` is on.
+    async fn dead_letter(
+        &self,
+        message: &MessageEnvelope,
+        handle: &RabbitMqDelivery,
+    ) -> Result<()> {
         let config = self.config();
         let queue = config.dead_letter_queue.as_str();
-        if let Routed::No(why) = self.try_publish("", queue, message, None).await? {
+        let properties = handle.copy_properties(None);
+        let routed = self
+            .try_publish("", queue, &message.message, properties.clone())
+            .await?;
+        if let Routed::No(why) = routed {
             if !config.auto_create {
                 return Err(unroutable("", queue, &why, config));
             }
             let link = self.links.get().await?;
             let declare = crate::link::declare_dead_letter_queue(&link.publisher, config);
             answer(config, "declare the dead-letter queue", declare).await?;
-            self.publish("", queue, message, None).await?;
+            self.publish("", queue, &message.message, properties)
+                .await?;
         }
         Ok(())
     }
@@ -149,15 +206,10 @@ impl Shared {
         &self,
         exchange: &str,
         routing_key: &str,
-        envelope: &MessageEnvelope,
-        headers: Option<FieldTable>,
+        body: &[u8],
+        properties: BasicProperties,
     ) -> Result<Routed> {
         let config = self.config();
-        let mut properties = wire::properties(envelope, config.persistent)
-            .map_err(|e| e.with_backend(BACKEND).with_queue(&config.queue))?;
-        if let Some(headers) = headers {
-            properties = properties.with_headers(headers);
-        }
         let link = self.links.get().await?;
         let options = BasicPublishOptions {
             mandatory: true,
@@ -169,7 +221,7 @@ impl Shared {
                     exchange.into(),
                     routing_key.into(),
                     options,
-                    &envelope.message,
+                    body,
                     properties,
                 )
                 .await?
@@ -268,16 +320,19 @@ impl PushBroker for RabbitMqBroker {
         Ok(())
     }
 
-    /// Starts the consumer in a task of its own and waits until it consumes: a cancelled
-    /// subscribe leaves the task, which the closed `sink` or the next subscribe stops.
     async fn subscribe(
         &self,
         _correlation_id: Option<&str>,
         sink: MessageSink<RabbitMqDelivery>,
     ) -> Result<()> {
-        // The channels of earlier subscriptions stay open until `disconnect`: messages they
-        // delivered may still be in the queue, to be received and settled.
+        // The consumer runs in a task of its own; this waits until it consumes. An earlier
+        // subscription ended (the queue gave back what it held first), so its channel closes.
         self.stop_consumer().await;
+        self.close_retired().await;
+        if self.config().no_queue {
+            // Send only: nothing to consume.
+            return Ok(());
+        }
         let (started, consuming) = oneshot::channel();
         let stop = CancellationToken::new();
         let task = tokio::spawn(deliver(self.shared.clone(), sink, stop.clone(), started));
@@ -305,23 +360,23 @@ impl PushBroker for RabbitMqBroker {
         } else {
             config.routing_key.as_str()
         };
+        let properties = wire::properties(envelope, config.persistent)
+            .map_err(|e| e.with_backend(BACKEND).with_queue(&config.queue))?;
         self.shared
-            .publish(&config.exchange, routing_key, envelope, None)
+            .publish(&config.exchange, routing_key, &envelope.message, properties)
             .await
     }
 
     async fn ready_count(&self) -> Result<usize> {
         let link = self.shared.links.get().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let declare = link.publisher.queue_declare(
-            self.config().queue.as_str().into(),
-            passive,
-            FieldTable::default(),
+        let config = self.config();
+        let declare = declare_queue(
+            &link.publisher,
+            config,
+            &config.queue,
+            QueueDeclareOptions::default().passive(),
         );
-        let queue = answer(self.config(), "count the queue", declare).await?;
+        let queue = answer(config, "count the queue", declare).await?;
         Ok(usize::try_from(queue.message_count()).unwrap_or(usize::MAX))
     }
 
@@ -352,9 +407,10 @@ impl PushBroker for RabbitMqBroker {
         self.shared.release(message, handle).await
     }
 
-    /// Publishes a copy to the dead-letter queue (confirmed), then acknowledges the delivery:
-    /// works on any queue, whoever declared it. A crash between the two leaves the message in
-    /// both (at least once, never none).
+    // Publishes a copy to the dead-letter queue (confirmed), then acknowledges the delivery:
+    // works on any queue, whoever declared it. A crash between the two leaves the message in
+    // both (at least once, never none); a cancelled call drops the delivery, which is then
+    // given back (see `RabbitMqDelivery`).
     async fn move_to_dead_letter(
         &self,
         message: &MessageEnvelope,
@@ -363,7 +419,7 @@ impl PushBroker for RabbitMqBroker {
         if !handle.acker.usable() {
             return Err(self.lost("move to the dead-letter queue"));
         }
-        if let Err(e) = self.shared.dead_letter(message).await {
+        if let Err(e) = self.shared.dead_letter(message, &handle).await {
             // Not dead-lettered: back to the queue, to try again.
             let _ = self.abandon(message, handle).await;
             return Err(e);
@@ -394,6 +450,9 @@ fn unroutable(exchange: &str, routing_key: &str, why: &str, config: &RabbitMqCon
 /// Gives a delivery back to the broker (a requeueing `nack`, which counts a delivery); a
 /// closed channel gave it back already.
 async fn requeue(config: &RabbitMqConfig, handle: &RabbitMqDelivery) {
+    if !handle.acker.usable() {
+        return;
+    }
     let requeue = BasicNackOptions {
         requeue: true,
         ..Default::default()
@@ -547,6 +606,7 @@ fn received(delivery: lapin::message::Delivery) -> (MessageEnvelope, RabbitMqDel
         envelope,
         RabbitMqDelivery {
             acker: delivery.acker,
+            properties: delivery.properties,
         },
     )
 }

@@ -63,7 +63,8 @@ pub struct RabbitMqConfig {
     /// Durable queue and exchange, persistent messages (default `true`; pip-services'
     /// default is `false`).
     pub persistent: bool,
-    /// Declare the queue, its dead-letter queue, the exchange and the binding on open
+    /// Declare the queue, the exchange and the binding on open, and the dead-letter queue when
+    /// the first message goes there
     /// (default `true`; pip-services' default is `false`). Without it, `open` checks that
     /// the queue exists.
     pub auto_create: bool,

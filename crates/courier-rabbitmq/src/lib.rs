@@ -30,7 +30,7 @@
 //! | `exchange_type` | `fanout` | `fanout`, `direct`, `topic` or `headers`, when courier declares the exchange |
 //! | `routing_key` | the queue's name | the key published with and bound with |
 //! | `persistent` | `true` (pip-services: `false`) | durable queue and exchange, persistent messages |
-//! | `auto_create` | `true` (pip-services: `false`) | declare the queue, its dead-letter queue, the exchange and the binding on open; without, `open` checks that the queue exists |
+//! | `auto_create` | `true` (pip-services: `false`) | declare the queue, the exchange and the binding on open, and the dead-letter queue when the first message goes there; without, `open` checks that the queue exists |
 //! | `queue_type` | `quorum` | `quorum` or `classic` (see below) |
 //! | `exclusive`, `auto_delete` | `false` | classic queues only |
 //! | `no_queue` (`noqueue`) | `false` | send only: no queue is declared, bound or consumed |
@@ -77,10 +77,18 @@
 //!   (`options.autosubscribe` starts it on `open`), which runs until `close` and holds up to
 //!   `prefetch` messages of the queue.
 //! * **Reconnects.** A broken connection is made again with backoff (100 ms doubling to 10 s,
-//!   with jitter), the topology declared again and the consumer restarted. `send` waits up to
-//!   `connect_timeout` for a connection. Messages received on a channel that died cannot be
+//!   with jitter), the topology declared again and the consumer restarted. `open` tries once;
+//!   `send` keeps trying for `connect_timeout` (waiting behind a reconnect already under way
+//!   first). Every call to the broker gives up after `connect_timeout` (lapin can leave a call
+//!   unanswered when its connection dies). Messages received on a channel that died cannot be
 //!   settled any more: `complete` reports the lost lock with a `Connection` error, and RabbitMQ
 //!   delivers them again; none is ever acknowledged on another channel.
+//! * **Broker limits.** RabbitMQ closes a channel whose oldest unacknowledged delivery is older
+//!   than its `consumer_timeout` (30 minutes by default), whatever courier's lock says:
+//!   everything that channel delivered comes again. RabbitMQ 4 gives quorum queues a default
+//!   delivery limit of 20, past which it drops a message (this crate is tested on 3.10, which
+//!   has none): on RabbitMQ 4 keep `max_deliveries` at 20 or less, or raise the limit with a
+//!   `delivery-limit` policy.
 
 mod broker;
 mod config;

@@ -11,7 +11,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio::time::Instant;
 
 use crate::BACKEND;
@@ -305,13 +305,13 @@ async fn declare(channel: &Channel, config: &RabbitMqConfig) -> lapin::Result<()
         return Ok(());
     }
     if !config.auto_create {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(config.queue.as_str().into(), passive, FieldTable::default())
-            .await?;
+        declare_queue(
+            channel,
+            config,
+            &config.queue,
+            QueueDeclareOptions::default().passive(),
+        )
+        .await?;
         return Ok(());
     }
     let options = QueueDeclareOptions {
@@ -320,13 +320,7 @@ async fn declare(channel: &Channel, config: &RabbitMqConfig) -> lapin::Result<()
         auto_delete: config.auto_delete,
         ..Default::default()
     };
-    channel
-        .queue_declare(
-            config.queue.as_str().into(),
-            options,
-            queue_arguments(config),
-        )
-        .await?;
+    declare_queue(channel, config, &config.queue, options).await?;
     if !config.exchange.is_empty() {
         channel
             .queue_bind(
@@ -351,14 +345,24 @@ pub(crate) async fn declare_dead_letter_queue(
         durable: config.persistent,
         ..Default::default()
     };
-    channel
-        .queue_declare(
-            config.dead_letter_queue.as_str().into(),
-            options,
-            queue_arguments(config),
-        )
-        .await?;
+    declare_queue(channel, config, &config.dead_letter_queue, options).await?;
     Ok(())
+}
+
+/// Declares queue `name` with `options` and, unless passive, the arguments courier declares
+/// queues with; returns what the broker says of it (its ready count).
+pub(crate) async fn declare_queue(
+    channel: &Channel,
+    config: &RabbitMqConfig,
+    name: &str,
+    options: QueueDeclareOptions,
+) -> lapin::Result<Queue> {
+    let arguments = if options.passive {
+        FieldTable::default()
+    } else {
+        queue_arguments(config)
+    };
+    channel.queue_declare(name.into(), options, arguments).await
 }
 
 /// The arguments courier declares a queue with.

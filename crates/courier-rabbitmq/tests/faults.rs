@@ -7,13 +7,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_conformance::fault::FaultProxy;
-use courier_conformance::unique_name;
+use courier_conformance::{outages, unique_name};
 use courier_core::{
     CallbackMessageReceiver, ErrorKind, MessageEnvelope, MessageQueue, MessageQueueExt,
 };
@@ -51,101 +50,17 @@ async fn cuts_under_two_producers_and_two_consumers_lose_nothing() {
     };
     let name = unique_name("fault");
     let options = [("connect_timeout", "3000"), ("lock_timeout", "5000")];
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let completed = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
-    let (failed_sends, lost_locks) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
-    let producing = tokio_util::sync::CancellationToken::new();
-    let mut consumers = Vec::new();
-    for _ in 0..2 {
-        let queue = open(&url, &name, &options).await;
-        let (completed, lost, producing) =
-            (completed.clone(), lost_locks.clone(), producing.clone());
-        consumers.push(tokio::spawn(async move {
-            let mut quiet_since = Instant::now();
-            loop {
-                match queue.receive(None, Duration::from_millis(200)).await {
-                    Ok(Some(m)) => {
-                        quiet_since = Instant::now();
-                        match queue.complete(&m).await {
-                            Ok(()) => {
-                                *completed.lock().entry(m.message_id.clone()).or_default() += 1
-                            }
-                            Err(e) => {
-                                assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
-                                *lost.lock() += 1;
-                            }
-                        }
-                    }
-                    Ok(None)
-                        if producing.is_cancelled()
-                            && quiet_since.elapsed() > Duration::from_secs(3) =>
-                    {
-                        return queue;
-                    }
-                    Ok(None) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        }));
-    }
-    let mut producers = Vec::new();
-    for p in 0..2 {
-        let queue = open(&url, &name, &options).await;
-        let (acked, failed) = (acked.clone(), failed_sends.clone());
-        producers.push(tokio::spawn(async move {
-            for i in 0..200 {
-                let envelope = MessageEnvelope::new(None, "fault", format!("{p}-{i}"));
-                let id = envelope.message_id.clone();
-                match queue.send(None, envelope).await {
-                    Ok(()) => acked.lock().push(id),
-                    Err(e) => {
-                        assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
-                        *failed.lock() += 1;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-            queue
-        }));
-    }
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        proxy.cut();
-    }
-    let mut queues = Vec::new();
-    for p in producers {
-        queues.push(p.await.expect("producer"));
-    }
-    producing.cancel();
-    for c in consumers {
-        let queue = tokio::time::timeout(Duration::from_secs(90), c)
-            .await
-            .expect("the consumers drain the queue")
-            .expect("consumer");
-        queues.push(queue);
-    }
-    let acked = acked.lock().clone();
-    let completed = completed.lock().clone();
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|id| !completed.contains_key(*id))
-        .collect();
-    let duplicates: usize = completed.values().map(|n| n - 1).sum();
-    println!(
-        "rabbitmq cuts: {} sends acknowledged, {} failed, {} completed, {duplicates} completed twice, {} completes reported a lost lock, {} connections accepted",
-        acked.len(),
-        failed_sends.lock(),
-        completed.len(),
-        lost_locks.lock(),
-        proxy.accepted()
-    );
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages never completed: {lost:?}",
-        lost.len()
-    );
-    assert!(proxy.accepted() > 4, "the cuts forced no reconnect");
-    assert_eq!(queues[0].read_message_count().await.expect("count"), 0);
+    let consumers = [
+        open(&url, &name, &options).await,
+        open(&url, &name, &options).await,
+    ];
+    let producers = [
+        open(&url, &name, &options).await,
+        open(&url, &name, &options).await,
+    ];
+    let queues: Vec<_> = consumers.iter().chain(&producers).cloned().collect();
+    let report = outages::cuts_lose_nothing(&proxy, producers, consumers).await;
+    println!("rabbitmq cuts: {report}");
     for queue in queues {
         queue.close(None).await.expect("close");
     }
@@ -269,44 +184,7 @@ async fn sends_during_an_outage_fail_or_land() {
     };
     let name = unique_name("fault");
     let queue = open(&url, &name, &[("connect_timeout", "1000")]).await;
-    proxy.outage().await;
-    let mut results = Vec::new();
-    for i in 0..3 {
-        let envelope = MessageEnvelope::new(None, "outage", i.to_string());
-        let id = envelope.message_id.clone();
-        let started = Instant::now();
-        let result = queue.send(None, envelope).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "a send hung for {:?}",
-            started.elapsed()
-        );
-        if let Err(e) = &result {
-            assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
-        }
-        results.push((id, result.is_ok()));
-    }
-    proxy.restore().await.expect("restore");
-    let envelope = MessageEnvelope::new(None, "outage", "after");
-    results.push((envelope.message_id.clone(), true));
-    queue
-        .send(None, envelope)
-        .await
-        .expect("a send after the outage");
-    let mut got = Vec::new();
-    while let Some(m) = queue
-        .receive(None, Duration::from_millis(500))
-        .await
-        .expect("receive")
-    {
-        got.push(m.message_id.clone());
-        queue.complete(&m).await.expect("complete");
-    }
-    for (id, ok) in &results {
-        if *ok {
-            assert!(got.contains(id), "an acknowledged send was lost");
-        }
-    }
+    outages::outage_sends_fail_or_land(&proxy, &*queue).await;
     queue.close(None).await.unwrap();
     support::delete_queues(&support::broker_url(), &[name]);
 }

@@ -62,6 +62,19 @@ fn run_peer(args: &[&str], input: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The peer publishes `messages` (see `amqp_peer.py`) to queue `name`.
+async fn peer_publishes(url: &str, name: &str, messages: &[Value]) {
+    let input = messages
+        .iter()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (url, name) = (url.to_owned(), name.to_owned());
+    tokio::task::spawn_blocking(move || run_peer(&["publish", &url, &name], &input))
+        .await
+        .unwrap();
+}
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -138,17 +151,8 @@ async fn what_a_pip_peer_sends_courier_reads() {
         // sends none: courier makes one up.
         json!({"correlation_id": "no-id", "type": "Test", "body_b64": b64(b"x")}),
         json!({"message_id": "m-3", "type": "blob", "body_b64": b64(&binary), "persistent": false}),
-    ]
-    .iter()
-    .map(Value::to_string)
-    .collect::<Vec<_>>()
-    .join("\n");
-    tokio::task::spawn_blocking({
-        let (url, name) = (url.clone(), name.clone());
-        move || run_peer(&["publish", &url, &name], &input)
-    })
-    .await
-    .unwrap();
+    ];
+    peer_publishes(&url, &name, &input).await;
     let mut got = Vec::new();
     for _ in 0..3 {
         let m = queue
@@ -196,17 +200,8 @@ async fn foreign_bad_input_is_delivered_and_the_listener_keeps_running() {
         json!({"message_id": "count-negative", "headers": {"x-courier-deliveries": -5}, "body_b64": b64(b"2")}),
         json!({"message_id": "count-absurd", "headers": {"x-courier-deliveries": 1_000_000_000_000i64}, "body_b64": b64(b"3")}),
         json!({"message_id": "last", "body_b64": b64(b"the listener still runs")}),
-    ]
-    .iter()
-    .map(Value::to_string)
-    .collect::<Vec<_>>()
-    .join("\n");
-    tokio::task::spawn_blocking({
-        let (url, name) = (url.clone(), name.clone());
-        move || run_peer(&["publish", &url, &name], &input)
-    })
-    .await
-    .unwrap();
+    ];
+    peer_publishes(&url, &name, &input).await;
     let receiver = Arc::new(TestMessageReceiver::new());
     let listening = queue.begin_listen(None, receiver.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -253,5 +248,48 @@ async fn foreign_bad_input_is_delivered_and_the_listener_keeps_running() {
     dead.complete(&buried).await.unwrap();
     dead.close(None).await.unwrap();
     queue.close(None).await.unwrap();
+    support::delete_queues(&url, &[name]);
+}
+
+/// A message courier prefetched and never handed out goes back, on `close`, as a copy with the
+/// peer's own properties and headers (and no delivery used up), which a pip-services peer
+/// reads as it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_message_goes_back_with_its_properties() {
+    let Some((queue, url, name)) = queue(&[]).await else {
+        return;
+    };
+    let messages = [
+        json!({"message_id": "first", "body_b64": b64(b"1")}),
+        json!({"message_id": "second", "type": "t", "reply_to": "replies",
+               "headers": {"tenant": "acme"}, "body_b64": b64(b"2")}),
+    ];
+    peer_publishes(&url, &name, &messages).await;
+    let first = queue
+        .receive(None, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the first message");
+    assert_eq!(first.message_id, "first");
+    queue.complete(&first).await.unwrap();
+    // The consumer prefetched the second; closing puts it back.
+    queue.close(None).await.unwrap();
+    let out = tokio::task::spawn_blocking({
+        let (url, name) = (url.clone(), name.clone());
+        move || run_peer(&["read", &url, &name, "1"], "")
+    })
+    .await
+    .unwrap();
+    let read: Value = serde_json::from_str(out.trim()).expect("the peer read it");
+    assert_eq!(read["message_id"], json!("second"));
+    assert_eq!(read["type"], json!("t"));
+    assert_eq!(read["reply_to"], json!("replies"));
+    assert_eq!(read["headers"]["tenant"], json!("acme"), "{read}");
+    assert_eq!(
+        read["headers"]["x-courier-deliveries"],
+        json!("0"),
+        "{read}"
+    );
+    assert_eq!(read["body_b64"], json!(b64(b"2")));
     support::delete_queues(&url, &[name]);
 }

@@ -6,8 +6,10 @@
 //!   delivery tag, an MQTT packet id, `()` for a broker without acknowledgements). The handle
 //!   travels with the message through receive, lock expiry and redelivery, and is given back
 //!   to the broker exactly once: to [`PushBroker::complete`] when the message is completed or
-//!   cleared, to [`PushBroker::move_to_dead_letter`] when it is dead-lettered, and to
-//!   [`PushBroker::abandon`] when the queue closes with the message still held.
+//!   cleared, to [`PushBroker::move_to_dead_letter`] when it is dead-lettered, to
+//!   [`PushBroker::abandon`] when the queue closes with the message received and unsettled
+//!   (or, for a broker that redelivers, on abandon and lock expiry), and to
+//!   [`PushBroker::release`] when the queue closes with the message never handed out.
 //! * **Credits.** The queue holds at most `options.max_size` pushed messages
 //!   ([`DEFAULT_CREDITS`] when unset), counting those received and not yet settled:
 //!   [`MessageSink::push`] waits for a credit, so a slow consumer means backpressure on the
@@ -19,8 +21,8 @@
 //!   the queue's buffer (with its handle), or given back to a broker that redelivers by itself
 //!   ([`Redelivery::Broker`]); `options.max_deliveries` sends it to the broker's dead letters.
 //! * **Subscriptions end.** `close` ends the subscription: a push after it is refused with
-//!   [`Closed`], giving the handle back, and held messages go back to the broker, so nothing
-//!   stale comes back on reopen.
+//!   [`Closed`], giving the handle back, and held messages go back to the broker (released or
+//!   abandoned), so nothing stale comes back on reopen.
 
 use std::any::Any;
 use std::fmt;
