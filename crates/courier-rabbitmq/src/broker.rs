@@ -167,7 +167,7 @@ impl Shared {
         properties: BasicProperties,
     ) -> Result<()> {
         match self
-            .try_publish(exchange, routing_key, body, properties.clone())
+            .try_publish(exchange, routing_key, body, properties)
             .await?
         {
             Routed::Yes => Ok(()),
