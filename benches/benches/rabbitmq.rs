@@ -23,7 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const PREFETCH: u16 = 100;
 const WORKERS: [usize; 2] = [1, 4];
 
@@ -120,9 +120,11 @@ impl Raw {
         count as f64 / start.elapsed().as_secs_f64()
     }
 
-    /// Consumes `count` messages with the same prefetch, acknowledging each (awaited), the
-    /// acknowledgements spread over `workers` tasks; msg/s.
+    /// Starts a consumer with the same prefetch and consumes `count` messages, acknowledging
+    /// each (awaited), the acknowledgements spread over `workers` tasks; msg/s.
     async fn receive(&self, name: &str, workers: usize, count: usize) -> f64 {
+        // Timed from before the consumer starts, as courier's first receive starts its own.
+        let start = Instant::now();
         let channel = self.connection.create_channel().await.unwrap();
         channel
             .basic_qos(PREFETCH, BasicQosOptions::default())
@@ -137,7 +139,6 @@ impl Raw {
             )
             .await
             .unwrap();
-        let start = Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel::<lapin::message::Delivery>(PREFETCH.into());
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let tasks: Vec<_> = (0..workers)
@@ -258,15 +259,7 @@ async fn run(url: &str, raw: &Raw, size: usize, workers: usize, count: usize) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    courier_benches::run_ratio_bench(|| async {
         let url = broker_url();
         let connection = match tokio::time::timeout(
             Duration::from_secs(5),
@@ -276,7 +269,11 @@ fn main() {
         {
             Ok(Ok(c)) => c,
             other => {
-                println!("RabbitMQ at {} is unreachable ({:?}): nothing to measure", courier::redact_uri(&url), other.err());
+                println!(
+                    "RabbitMQ at {} is unreachable ({:?}): nothing to measure",
+                    courier::redact_uri(&url),
+                    other.err()
+                );
                 return;
             }
         };
@@ -285,8 +282,12 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(4000);
-        println!("\nRabbitMQ throughput, msg/s (median of {ROUNDS} rounds of {count} messages, quorum queues, prefetch {PREFETCH}; raw = lapin doing the same: confirmed mandatory persistent publishes with the same properties, a consumer acknowledging each message)");
-        println!("| payload | workers | courier send | raw send | ratio | courier receive+complete | raw consume+ack | ratio |");
+        println!(
+            "\nRabbitMQ throughput, msg/s (median of {ROUNDS} rounds of {count} messages, quorum queues, prefetch {PREFETCH}; raw = lapin doing the same: confirmed mandatory persistent publishes with the same properties, a consumer acknowledging each message)"
+        );
+        println!(
+            "| payload | workers | courier send | raw send | ratio | courier receive+complete | raw consume+ack | ratio |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         for size in [64, 4096] {
             for workers in WORKERS {

@@ -299,33 +299,44 @@ async fn latency(t: &Target, samples: usize) -> (Duration, Duration) {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let file = std::env::temp_dir().join(format!("courier-bench-{}.db", uuid::Uuid::new_v4().simple()));
+    courier_benches::run_ratio_bench(|| async {
+        let file = std::env::temp_dir().join(format!(
+            "courier-bench-{}.db",
+            uuid::Uuid::new_v4().simple()
+        ));
         let sqlite_url = format!("sqlite://{}", file.display());
-        let postgres = std::env::var("COURIER_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let mysql = std::env::var("COURIER_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        let postgres = std::env::var("COURIER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let mysql = std::env::var("COURIER_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
         let mut targets = Vec::new();
-        for (name, url) in [("SQLite", sqlite_url), ("PostgreSQL", postgres), ("MariaDB", mysql)] {
+        for (name, url) in [
+            ("SQLite", sqlite_url),
+            ("PostgreSQL", postgres),
+            ("MariaDB", mysql),
+        ] {
             if let Some(t) = target(name, url).await {
                 targets.push(Arc::new(t));
             }
         }
-        println!("\nthroughput, msg/s (median of {ROUNDS} rounds, the order of courier and raw alternating; raw = the same statements through a sqlx pool of the same size)");
-        println!("| database | workers | courier send | raw send | ratio | courier receive+complete | raw claim+delete | ratio |");
+        println!(
+            "\nthroughput, msg/s (median of {ROUNDS} rounds, the order of courier and raw alternating; raw = the same statements through a sqlx pool of the same size)"
+        );
+        println!(
+            "| database | workers | courier send | raw send | ratio | courier receive+complete | raw claim+delete | ratio |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         for t in &targets {
-            let per_worker = if t.dialect == Dialect::Sqlite { 2000 } else { 500 };
+            let per_worker = if t.dialect == Dialect::Sqlite {
+                2000
+            } else {
+                500
+            };
             bench(t.clone(), per_worker).await;
         }
-        println!("\nwake-up latency (median of 30): a waiting receive after a send, vs a raw insert then claim");
+        println!(
+            "\nwake-up latency (median of 30): a waiting receive after a send, vs a raw insert then claim"
+        );
         println!("| database | courier | raw insert+claim | ratio (raw / courier) |");
         println!("|---|---|---|---|");
         for t in &targets {
@@ -337,7 +348,10 @@ fn main() {
                 raw.as_secs_f64() * 1e6,
                 raw.as_secs_f64() / ours.as_secs_f64()
             );
-            let _ = t.store.execute_raw("DELETE FROM courier_messages WHERE queue LIKE 'bench-%'").await;
+            let _ = t
+                .store
+                .execute_raw("DELETE FROM courier_messages WHERE queue LIKE 'bench-%'")
+                .await;
             let _ = &t.url;
         }
         for suffix in ["", "-wal", "-shm"] {

@@ -174,3 +174,21 @@ pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
+
+/// Runs a ratio bench's body on a two-worker runtime, unless cargo only lists or tests the
+/// benches (`--list`, `--test`), which run nothing.
+pub fn run_ratio_bench<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(body());
+}
