@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,6 +51,9 @@ pub struct CachedMessageQueue<B> {
     /// across an await: a broker may push while `subscribe` runs, and receives must go on
     /// meanwhile (they free the credits those pushes wait for).
     subscription: parking_lot::Mutex<Option<Subscription>>,
+    /// A `close` is under way, or was cancelled before it finished: the next `close` or
+    /// `open` finishes it (the queue already says it is closed).
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// One subscription: made by a task of its own, so that a receive cancelled while it waits
@@ -84,6 +88,7 @@ impl<B: PushBroker> CachedMessageQueue<B> {
             buffer,
             broker: Arc::new(broker),
             subscription: parking_lot::Mutex::new(None),
+            closing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -313,6 +318,10 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         if self.is_open() {
             return Ok(());
         }
+        if self.closing.load(Ordering::Acquire) {
+            // An earlier close was cancelled halfway: finish it first.
+            let _ = self.close(correlation_id).await;
+        }
         self.broker.connect(correlation_id).await?;
         self.buffer.open(correlation_id).await?;
         // Nothing of an earlier subscription is delivered again from here.
@@ -329,14 +338,16 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
     }
 
     async fn close(&self, correlation_id: Option<&str>) -> Result<()> {
-        if !self.is_open() {
+        if !self.is_open() && !self.closing.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.closing.store(true, Ordering::Release);
         self.base.stop_listeners().await;
         self.base.set_open(false);
         let unsubscribed = self.end_subscription(correlation_id).await;
         let disconnected = self.broker.disconnect(correlation_id).await;
         self.buffer.close(correlation_id).await?;
+        self.closing.store(false, Ordering::Release);
         self.base.changed(correlation_id, "Closed");
         unsubscribed.and(disconnected)
     }

@@ -409,6 +409,9 @@ struct KeepSinks {
     sinks: Arc<Mutex<Vec<MessageSink<()>>>>,
     delay: Duration,
     fail_first: bool,
+    /// How long `disconnect` takes, and how many times it was called.
+    disconnect_delay: Duration,
+    disconnects: Arc<AtomicU64>,
 }
 
 impl KeepSinks {
@@ -427,6 +430,8 @@ impl PushBroker for KeepSinks {
         Ok(())
     }
     async fn disconnect(&self, _: Option<&str>) -> Result<()> {
+        self.disconnects.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.disconnect_delay).await;
         Ok(())
     }
     async fn subscribe(&self, _: Option<&str>, sink: MessageSink<()>) -> Result<()> {
@@ -485,6 +490,35 @@ async fn a_cancelled_receive_does_not_undo_the_subscription() {
     queue.close(None).await.unwrap();
     assert!(first.is_closed());
     assert!(first.push(envelope(2), ()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_cancelled_close_is_finished_by_the_next_close_or_open() {
+    let broker = KeepSinks {
+        disconnect_delay: Duration::from_millis(200),
+        ..KeepSinks::default()
+    };
+    let queue = queue_over(&broker, "cancelled-close");
+    queue.open(None).await.unwrap();
+    assert!(queue.receive(None, Duration::ZERO).await.unwrap().is_none());
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.close(None)).await;
+    assert!(cancelled.is_err(), "the close was not cancelled");
+    assert!(!queue.is_open());
+    // The next close does the rest instead of returning at once.
+    queue.close(None).await.unwrap();
+    assert_eq!(broker.disconnects.load(Ordering::SeqCst), 2);
+    assert!(broker.sink(0).is_closed());
+    // Closed for good: another close has nothing left to do.
+    queue.close(None).await.unwrap();
+    assert_eq!(broker.disconnects.load(Ordering::SeqCst), 2);
+    // And an open after a cancelled close finishes that close first.
+    queue.open(None).await.unwrap();
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), queue.close(None)).await;
+    assert!(cancelled.is_err());
+    queue.open(None).await.unwrap();
+    assert_eq!(broker.disconnects.load(Ordering::SeqCst), 4);
+    assert!(queue.is_open());
+    queue.close(None).await.unwrap();
 }
 
 #[tokio::test]
