@@ -214,6 +214,26 @@ pub fn config_from_uri(uri: &str) -> Result<ConfigParams> {
     Ok(c)
 }
 
+/// `config` with what its `connection.uri` holds (host, port, path, credentials, queue and
+/// options, as [`config_from_uri`] reads them) added where `config` does not say otherwise:
+/// pip-services configs give `connection.uri` beside other keys, which win.
+///
+/// # Errors
+///
+/// As [`config_from_uri`].
+pub fn with_uri_parts(config: &ConfigParams) -> Result<ConfigParams> {
+    let mut config = config.clone();
+    let Some(uri) = config.get("connection.uri").map(str::to_owned) else {
+        return Ok(config);
+    };
+    for (key, value) in config_from_uri(&uri)?.iter() {
+        if !config.contains_key(key) {
+            config.set(key, value);
+        }
+    }
+    Ok(config)
+}
+
 /// Refuses a URI whose user-info part holds an unescaped `/`, `?` or `#`: URI parsers end the
 /// user-info there, so the rest of the password would be read as a path, query or fragment
 /// (and could then be shown). Such characters must be percent-encoded (`%2F`, `%3F`, `%23`).

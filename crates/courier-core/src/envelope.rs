@@ -11,6 +11,8 @@ use crate::{Error, Result};
 
 mod wire;
 
+pub use wire::{format_sent_time, parse_sent_time};
+
 /// A message with the metadata pip-services puts around it.
 ///
 /// The public fields are the five pip-services fields; a received envelope also carries its

@@ -100,7 +100,7 @@ pub use config::{DEFAULT_PREFETCH, QueueType, RABBITMQ_OPTION_KEYS, RabbitMqConf
 
 use std::sync::Arc;
 
-use courier_core::backend::{QueueBase, named_config, resolve_name};
+use courier_core::backend::{QueueBase, named_config, resolve_name, with_uri_parts};
 use courier_core::{
     CachedMessageQueue, Component, ConfigParams, DefaultMessagingFactory, Descriptor, MessageQueue,
     Result,
@@ -131,7 +131,7 @@ pub fn from_uri(uri: &str) -> Result<RabbitMqMessageQueue> {
 /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the key that is missing,
 /// unknown or invalid.
 pub fn from_config(config: &ConfigParams) -> Result<RabbitMqMessageQueue> {
-    let config = &with_uri_parts(config)?;
+    let config = &with_uri_parts(config).map_err(|e| e.with_backend(BACKEND))?;
     let send_only = config.get_as_bool("options.no_queue")?.unwrap_or(false)
         || config.get_as_bool("options.noqueue")?.unwrap_or(false);
     let exchange = config
@@ -148,24 +148,6 @@ pub fn from_config(config: &ConfigParams) -> Result<RabbitMqMessageQueue> {
     let settings =
         RabbitMqConfig::from_config(config, &base).map_err(|e| e.with_backend(BACKEND))?;
     Ok(CachedMessageQueue::new(base, RabbitMqBroker::new(settings)))
-}
-
-/// `config` with what its `connection.uri` holds (host, port, virtual host, credentials,
-/// queue and options) added where `config` does not say otherwise: pip-services configs give
-/// `connection.uri` beside other keys.
-fn with_uri_parts(config: &ConfigParams) -> Result<ConfigParams> {
-    let mut config = config.clone();
-    let Some(uri) = config.get("connection.uri").map(str::to_owned) else {
-        return Ok(config);
-    };
-    let parts =
-        courier_core::backend::config_from_uri(&uri).map_err(|e| e.with_backend(BACKEND))?;
-    for (key, value) in parts.iter() {
-        if !config.contains_key(key) {
-            config.set(key, value);
-        }
-    }
-    Ok(config)
 }
 
 /// The URI schemes this crate serves.

@@ -55,7 +55,7 @@ impl MessageEnvelope {
             message_id: &self.message_id,
             correlation_id: self.correlation_id.as_deref().unwrap_or(""),
             message_type: &self.message_type,
-            sent_time: sent.to_rfc3339_opts(SecondsFormat::Millis, true),
+            sent_time: format_sent_time(sent),
             message: STANDARD.encode(&self.message),
         };
         // Serializing a struct of strings into a String cannot fail.
@@ -132,6 +132,32 @@ fn decode_payload(text: &str) -> Bytes {
         Ok(bytes) => Bytes::from(bytes),
         Err(_) => Bytes::copy_from_slice(text.as_bytes()),
     }
+}
+
+/// Reads a `sent_time` as any pip-services language writes it (in JSON envelopes and in
+/// NATS or Kafka headers): RFC 3339 with 0–9 fractional digits and `Z` or an offset (Node,
+/// Go, .NET), or a zone-less local time (Python), taken as UTC.
+///
+/// ```
+/// use courier_core::envelope::parse_sent_time;
+///
+/// let node = parse_sent_time("2026-11-22T20:55:47.193Z").unwrap();
+/// let go = parse_sent_time("2026-11-23T00:55:47.193+04:00").unwrap();
+/// assert_eq!(node, go);
+/// assert!(parse_sent_time("yesterday").is_err());
+/// ```
+///
+/// # Errors
+///
+/// [`InvalidMessage`](crate::ErrorKind::InvalidMessage) for anything else.
+pub fn parse_sent_time(text: &str) -> Result<DateTime<Utc>> {
+    parse_time(text)
+}
+
+/// Writes a `sent_time` as Node does and every pip-services language reads: RFC 3339, UTC,
+/// milliseconds, `Z`.
+pub fn format_sent_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn parse_time(text: &str) -> Result<DateTime<Utc>> {

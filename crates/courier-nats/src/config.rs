@@ -1,0 +1,204 @@
+//! What a NATS queue is configured with: parsed once, from a URI or pip-services
+//! `ConfigParams`, into a [`NatsConfig`].
+
+use std::fmt;
+use std::time::Duration;
+
+use courier_core::backend::{CredentialParams, OPTION_KEYS, QueueBase, check_known_options};
+use courier_core::{ConfigParams, Error, Result};
+
+/// The options of this backend, besides the shared [`OPTION_KEYS`] (without `options.`).
+pub const NATS_OPTION_KEYS: [&str; 12] = [
+    "jetstream",
+    "subject",
+    "topic",
+    "queue_group",
+    "group",
+    "client_id",
+    "token",
+    "tls",
+    "retry_connect",
+    "max_reconnect",
+    "reconnect_timeout",
+    "flush_timeout",
+];
+
+/// A NATS queue's configuration.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// The servers, `host:port` each (`connection.uri`, or `connections.N.host|port`).
+    pub servers: Vec<String>,
+    /// TLS required (`tls://` or `tls=true`).
+    pub tls: bool,
+    /// JetStream (durable, at least once) rather than core NATS (at most once).
+    pub jetstream: bool,
+    /// The subject `send` publishes to: the queue's name.
+    pub subject: String,
+    /// The subject a core queue subscribes to (`subject` or `topic`; default the name).
+    pub subscribe_subject: String,
+    /// The queue group a core queue subscribes in (`queue_group` or `group`).
+    pub queue_group: Option<String>,
+    /// The connection's name (`client_id`).
+    pub client_id: Option<String>,
+    /// Whether a lost connection is reconnected (`retry_connect`, default true).
+    pub retry_connect: bool,
+    /// How many times, at most (`max_reconnect`; default unlimited).
+    pub max_reconnect: Option<usize>,
+    /// The wait between reconnect attempts (`reconnect_timeout`, ms; default: backoff from
+    /// 100 ms to 10 s).
+    pub reconnect_timeout: Option<Duration>,
+    /// How long `open` may take.
+    pub connect_timeout: Duration,
+    /// The dead-letter queue's name.
+    pub dead_letter_queue: String,
+    credential: CredentialParams,
+    token: Option<String>,
+}
+
+impl NatsConfig {
+    /// Reads `config` for the queue `base`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) naming the key that is missing,
+    /// unknown or invalid.
+    pub(crate) fn from_config(config: &ConfigParams, base: &QueueBase) -> Result<Self> {
+        let mut known: Vec<&str> = OPTION_KEYS.to_vec();
+        known.extend(NATS_OPTION_KEYS);
+        check_known_options(config, &known)?;
+        let text = |keys: &[&str]| -> Option<String> {
+            keys.iter().find_map(|key| {
+                config
+                    .get(key)
+                    .or_else(|| config.get(&format!("options.{key}")))
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            })
+        };
+        let protocol = config.get("connection.protocol").unwrap_or("nats");
+        let tls_scheme = match protocol {
+            "nats" => false,
+            "tls" => true,
+            other => {
+                return Err(Error::config(
+                    "connection.protocol",
+                    format!("`{other}` is not nats or tls"),
+                ));
+            }
+        };
+        let subject = base.name().to_owned();
+        Ok(NatsConfig {
+            servers: servers(config)?,
+            tls: tls_scheme || config.get_as_bool("options.tls")?.unwrap_or(false),
+            jetstream: config.get_as_bool("options.jetstream")?.unwrap_or(true),
+            subscribe_subject: text(&["subject", "topic"]).unwrap_or_else(|| subject.clone()),
+            subject,
+            queue_group: text(&["queue_group", "group"]),
+            client_id: text(&["client_id"]),
+            retry_connect: config.get_as_bool("options.retry_connect")?.unwrap_or(true),
+            max_reconnect: config.get_as_usize("options.max_reconnect")?,
+            reconnect_timeout: config.get_as_duration_ms("options.reconnect_timeout")?,
+            connect_timeout: base.options().connect_timeout,
+            dead_letter_queue: base.options().dead_letter_queue_name(base.name()),
+            credential: CredentialParams::from_config(config),
+            token: config
+                .get("credential.token")
+                .or_else(|| config.get("options.token"))
+                .map(str::to_owned),
+        })
+    }
+
+    /// The servers as shown in messages: `nats://host:port` (no credentials).
+    pub fn address(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "nats" };
+        self.servers
+            .iter()
+            .map(|s| format!("{scheme}://{s}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client options for these settings.
+    pub(crate) fn connect_options(&self) -> async_nats::ConnectOptions {
+        let mut options = async_nats::ConnectOptions::new()
+            .connection_timeout(self.connect_timeout)
+            .require_tls(self.tls)
+            .name(
+                self.client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("courier {}", self.subject)),
+            );
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        } else if let (Some(user), Some(password)) =
+            (&self.credential.username, self.credential.password())
+        {
+            options = options.user_and_password(user.clone(), password.to_owned());
+        }
+        options = options.max_reconnects(if self.retry_connect {
+            self.max_reconnect
+        } else {
+            Some(0)
+        });
+        if let Some(wait) = self.reconnect_timeout {
+            options = options.reconnect_delay_callback(move |_| wait);
+        } else {
+            options = options.reconnect_delay_callback(|attempts| {
+                let doubled = 100u64.saturating_mul(1 << attempts.min(7));
+                Duration::from_millis(doubled.min(10_000))
+            });
+        }
+        options
+    }
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("address", &self.address())
+            .field("user", &self.credential.username)
+            .field("jetstream", &self.jetstream)
+            .field("subject", &self.subject)
+            .field("subscribe_subject", &self.subscribe_subject)
+            .field("queue_group", &self.queue_group)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host:port` of each server: `connection.host|port` (a parsed URI fills them in), or
+/// `connections.N.host|port`; the port defaults to 4222.
+fn servers(config: &ConfigParams) -> Result<Vec<String>> {
+    let mut servers = Vec::new();
+    let one = |section: &ConfigParams, key: &str| -> Result<Option<String>> {
+        let Some(host) = section.get("host").filter(|h| !h.is_empty()) else {
+            return Ok(None);
+        };
+        let port = match section.get_as_u64("port").map_err(|_| port_error(key))? {
+            None => 4222,
+            Some(p) => u16::try_from(p).map_err(|_| port_error(key))?,
+        };
+        Ok(Some(format!("{host}:{port}")))
+    };
+    if let Some(server) = one(&config.get_section("connection"), "connection.port")? {
+        servers.push(server);
+    }
+    for i in 0.. {
+        let section = config.get_section(&format!("connections.{i}"));
+        match one(&section, &format!("connections.{i}.port"))? {
+            Some(server) => servers.push(server),
+            None => break,
+        }
+    }
+    if servers.is_empty() {
+        return Err(Error::config(
+            "connection.host",
+            "is required (nats://HOST:PORT/NAME)",
+        ));
+    }
+    Ok(servers)
+}
+
+fn port_error(key: &str) -> Error {
+    Error::config(key, "expected a port number")
+}

@@ -1,0 +1,80 @@
+//! What the NATS tests share: the server's URL, and the harness of core NATS queues.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_conformance::{Features, Harness};
+use courier_core::{MessageQueue, Result, async_trait};
+
+/// The server the tests use: `COURIER_TEST_NATS_URL`, by default the local one.
+pub fn server_url() -> String {
+    std::env::var("COURIER_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// The URL of queue `name` on the server `base` with `options`.
+pub fn queue_url(base: &str, name: &str, options: &[(&str, &str)]) -> String {
+    let query: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{}/{name}?{}", base.trim_end_matches('/'), query.join("&"))
+}
+
+/// The server's URL if it answers, else `None` after [`courier_conformance::skip_or_fail`].
+pub async fn reachable() -> Option<String> {
+    let url = server_url();
+    let host_port = url
+        .split("://")
+        .nth(1)
+        .unwrap_or("127.0.0.1:4222")
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned();
+    let connect = tokio::net::TcpStream::connect(host_port.clone());
+    match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(_)) => Some(url),
+        Ok(Err(e)) => courier_conformance::skip_or_fail("nats", &format!("{host_port}: {e}")),
+        Err(_) => courier_conformance::skip_or_fail("nats", "connect timed out"),
+    }
+}
+
+/// The conformance harness over core NATS queues, each in the queue group of its name (so
+/// that two handles of one queue share its messages, as the suite expects of a queue).
+pub struct CoreNatsHarness {
+    pub url: String,
+}
+
+impl CoreNatsHarness {
+    pub async fn from_env() -> Option<Self> {
+        Some(CoreNatsHarness {
+            url: reachable().await?,
+        })
+    }
+}
+
+#[async_trait]
+impl Harness for CoreNatsHarness {
+    fn backend(&self) -> &str {
+        "nats-core"
+    }
+
+    fn features(&self) -> Features {
+        let mut features = Features::all();
+        // At most once: nothing is kept for a queue that is not subscribed, and the buffer
+        // dies with the queue.
+        features.stores_unreceived = false;
+        features.survives_reopen = false;
+        // Spent messages go to an in-process dead-letter queue, not to `<name>.dlq` on the
+        // server.
+        features.max_deliveries = false;
+        features
+    }
+
+    async fn create(&self, name: &str, options: &[(&str, &str)]) -> Result<Arc<dyn MessageQueue>> {
+        let mut options = options.to_vec();
+        options.push(("jetstream", "false"));
+        options.push(("queue_group", name));
+        courier_nats::from_uri(&queue_url(&self.url, name, &options))
+    }
+}
