@@ -41,7 +41,8 @@ pub struct NatsConfig {
     pub queue_group: Option<String>,
     /// The connection's name (`client_id`).
     pub client_id: Option<String>,
-    /// Whether a lost connection is reconnected (`retry_connect`, default true).
+    /// Whether a lost connection is reconnected (`retry_connect`, default true; false makes a
+    /// single attempt).
     pub retry_connect: bool,
     /// How many times, at most (`max_reconnect`; default unlimited).
     pub max_reconnect: Option<usize>,
@@ -136,10 +137,11 @@ impl NatsConfig {
         {
             options = options.user_and_password(user.clone(), password.to_owned());
         }
+        // async-nats takes 0 (or `None`) for "no limit": without `retry_connect`, one attempt.
         options = options.max_reconnects(if self.retry_connect {
-            self.max_reconnect
+            self.max_reconnect.filter(|n| *n > 0)
         } else {
-            Some(0)
+            Some(1)
         });
         if let Some(wait) = self.reconnect_timeout {
             options = options.reconnect_delay_callback(move |_| wait);

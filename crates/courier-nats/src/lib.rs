@@ -2,8 +2,9 @@
 //!
 //! Two modes, chosen by the `jetstream` option:
 //!
-//! * **JetStream** (`nats://HOST:PORT/NAME`, the default): a durable, acknowledged queue.
-//!   *Not built yet*: such a URI is a `Config` error that says so; the next step of this crate.
+//! * **JetStream** (`nats://HOST:PORT/NAME`, the default): a durable queue, at least once,
+//!   with server-side locks (`AckWait` = `lock_timeout`), delivery counts, dead letters in
+//!   `<name>.dlq`, and peek without consuming. See [`JetStreamMessageQueue`].
 //! * **Core NATS** (`nats://HOST:PORT/SUBJECT?jetstream=false`): what pip-services' NATS queues
 //!   do, wire-compatible with them (see [`wire`]). Delivery is **at most once**: a message
 //!   published while no queue is subscribed is lost, and one the queue holds dies with the
@@ -39,7 +40,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `jetstream` | `true` | JetStream (durable) or core NATS |
+//! | `jetstream` | `true` | JetStream (durable, at least once) or core NATS (at most once) |
 //! | `subject` (`topic`) | the name | the subject a core queue subscribes to |
 //! | `queue_group` (`group`) | none | the NATS queue group a core queue subscribes in |
 //! | `client_id` | `courier <name>` | the connection's name |
@@ -53,10 +54,12 @@
 
 mod config;
 mod core_nats;
+mod jetstream;
 pub mod wire;
 
 pub use config::{NATS_OPTION_KEYS, NatsConfig};
 pub use core_nats::CoreNatsBroker;
+pub use jetstream::{CONSUMER, JetStreamMessageQueue, stream_name};
 
 use std::sync::Arc;
 
@@ -93,11 +96,7 @@ pub fn from_config(config: &ConfigParams) -> Result<Arc<dyn MessageQueue>> {
     let base = base(&config)?;
     let settings = NatsConfig::from_config(&config, &base).map_err(|e| e.with_backend(BACKEND))?;
     if settings.jetstream {
-        return Err(Error::config(
-            "options.jetstream",
-            "the JetStream mode is not built yet; add `jetstream=false` for a core NATS queue",
-        )
-        .with_backend(BACKEND));
+        return Ok(Arc::new(JetStreamMessageQueue::new(base, settings)));
     }
     Ok(Arc::new(CachedMessageQueue::new(
         base,
@@ -109,7 +108,8 @@ pub fn from_config(config: &ConfigParams) -> Result<Arc<dyn MessageQueue>> {
 /// on open unless told otherwise.
 fn base(config: &ConfigParams) -> Result<QueueBase> {
     let mut config = config.clone();
-    if config.get("options.autosubscribe").is_none() {
+    let core = config.get_as_bool("options.jetstream")? == Some(false);
+    if core && config.get("options.autosubscribe").is_none() {
         config.set("options.autosubscribe", "true");
     }
     let path = config.get("connection.path").map(str::to_owned);

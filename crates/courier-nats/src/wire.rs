@@ -13,6 +13,20 @@ use chrono::{DateTime, Utc};
 use courier_core::MessageEnvelope;
 use courier_core::envelope::{format_sent_time, parse_sent_time};
 
+/// The header of a copy courier put back in a JetStream queue in place of a message it
+/// fetched for a `receive` that was dropped: the deliveries of the original, which the copy's
+/// own count starts again from.
+pub const EARLIER_DELIVERIES: &str = "courier_deliveries";
+
+/// The deliveries before this message's own that [`EARLIER_DELIVERIES`] says (0 without it,
+/// or when it is not a number).
+pub fn earlier_deliveries(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(EARLIER_DELIVERIES))
+        .and_then(|v| v.as_str().trim().parse::<u64>().ok())
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// The headers that carry `envelope` (its body is `envelope.message`). Empty fields are not
 /// written.
 pub fn headers(envelope: &MessageEnvelope) -> HeaderMap {

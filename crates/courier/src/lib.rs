@@ -17,7 +17,7 @@ pub use courier_sql as sql;
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub use courier_rabbitmq as rabbitmq;
 
-/// Queues on NATS: core NATS, wire-compatible with pip-services (JetStream to come).
+/// Queues on NATS: JetStream (durable) and core NATS (wire-compatible with pip-services).
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use courier_nats as nats;

@@ -78,3 +78,71 @@ impl Harness for CoreNatsHarness {
         courier_nats::from_uri(&queue_url(&self.url, name, &options))
     }
 }
+
+/// The conformance harness over JetStream queues; their streams (and their dead-letter
+/// queues' streams) are deleted when it is dropped.
+pub struct JetStreamHarness {
+    pub url: String,
+    created: parking_lot::Mutex<Vec<String>>,
+}
+
+impl JetStreamHarness {
+    pub async fn from_env() -> Option<Self> {
+        Some(JetStreamHarness {
+            url: reachable().await?,
+            created: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Drop for JetStreamHarness {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.created.lock());
+        delete_streams(&self.url, &names);
+    }
+}
+
+/// Deletes the streams of the queues `names` and of their `.dlq` queues, ignoring errors.
+/// Blocks, on a thread of its own (callable from inside a runtime).
+pub fn delete_streams(url: &str, names: &[String]) {
+    let (url, names) = (url.to_owned(), names.to_vec());
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url.as_str()))
+                    .await
+            else {
+                return;
+            };
+            let js = async_nats::jetstream::new(client);
+            for name in &names {
+                for queue in [name.clone(), format!("{name}.dlq")] {
+                    let _ = js.delete_stream(courier_nats::stream_name(&queue)).await;
+                }
+            }
+        });
+    })
+    .join();
+}
+
+#[async_trait]
+impl Harness for JetStreamHarness {
+    fn backend(&self) -> &str {
+        "nats-jetstream"
+    }
+
+    fn features(&self) -> Features {
+        Features::all()
+    }
+
+    async fn create(&self, name: &str, options: &[(&str, &str)]) -> Result<Arc<dyn MessageQueue>> {
+        self.created.lock().push(name.to_owned());
+        courier_nats::from_uri(&queue_url(&self.url, name, options))
+    }
+}

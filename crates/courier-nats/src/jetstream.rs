@@ -1,0 +1,628 @@
+//! [`JetStreamMessageQueue`]: a durable, acknowledged queue on NATS JetStream.
+//!
+//! * One work-queue stream per queue (named from the queue, see [`stream_name`]) on the
+//!   queue's subject, and one durable pull consumer, `courier`, shared by every process of the
+//!   queue. The first `open` creates both; later ones use them as they are.
+//! * `receive` fetches one message; its lock is the consumer's `AckWait`, which is the
+//!   queue's `lock_timeout` (set when the consumer is created). `complete` acknowledges,
+//!   `abandon` naks (redelivered at once), `renew_lock(m, t)` keeps the message in progress
+//!   (`+WPI`, repeated every half `AckWait`) until `t` from now. A message whose lock expires
+//!   is redelivered by the server, with its delivery count.
+//! * `max_deliveries` and `move_to_dead_letter` publish a copy to the queue `<name>.dlq` (its
+//!   own stream, created when needed), then terminate the original (`+TERM`).
+//! * `peek` and `peek_batch` read messages not yet delivered, without consuming them;
+//!   `read_message_count` is the consumer's count of messages not yet delivered
+//!   (`num_pending`), so locked messages and those waiting for redelivery are not counted.
+//!   `clear` purges the stream (locked messages included).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use async_trait::async_trait;
+use courier_core::backend::{LockToken, QueueBase, Settled, deadline_after};
+use courier_core::{
+    Error, ErrorKind, MessageEnvelope, MessageQueue, MessageReceiver, MessagingCapabilities, Result,
+};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NatsConfig;
+use crate::{BACKEND, core_nats, wire};
+
+/// The durable consumer every process of a queue shares.
+pub const CONSUMER: &str = "courier";
+
+/// The longest a single fetch waits; longer receives fetch again.
+const LONGEST_FETCH: Duration = Duration::from_secs(30);
+
+/// How much longer than its wait a fetch may take before `receive` gives up on it.
+const FETCH_SLACK: Duration = Duration::from_millis(250);
+
+/// How long `close` waits for fetches under way (of receives it cut short) to finish.
+const FETCH_GRACE: Duration = Duration::from_secs(2);
+
+/// The JetStream stream of queue `name`: `COURIER_` and the name, with every character other
+/// than ASCII letters, digits and `-` written as `_` and its hexadecimal code (stream names
+/// cannot hold `.`, `*`, `>` or spaces).
+pub fn stream_name(name: &str) -> String {
+    let mut stream = String::from("COURIER_");
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '-' {
+            stream.push(c);
+        } else {
+            stream.push_str(&format!("_{:X}", u32::from(c)));
+        }
+    }
+    stream
+}
+
+/// A durable NATS JetStream queue.
+pub struct JetStreamMessageQueue {
+    base: QueueBase,
+    config: NatsConfig,
+    state: parking_lot::Mutex<Option<Connected>>,
+    /// Fetches under way, each in a task of its own: one whose `receive` was dropped puts its
+    /// message back uncounted; `close` waits for them (briefly).
+    fetches: tokio_util::task::TaskTracker,
+}
+
+#[derive(Clone)]
+struct Connected {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    consumer: consumer::PullConsumer,
+}
+
+/// What a received message's lock token holds.
+struct JsLock {
+    message: jetstream::Message,
+    /// Stops the in-progress acks of a renewed lock.
+    keepalive: parking_lot::Mutex<Option<CancellationToken>>,
+}
+
+impl JsLock {
+    fn stop_keepalive(&self) {
+        if let Some(stop) = self.keepalive.lock().take() {
+            stop.cancel();
+        }
+    }
+}
+
+impl Drop for JsLock {
+    fn drop(&mut self) {
+        self.stop_keepalive();
+    }
+}
+
+impl JetStreamMessageQueue {
+    pub(crate) fn new(base: QueueBase, config: NatsConfig) -> Self {
+        JetStreamMessageQueue {
+            base,
+            config,
+            state: parking_lot::Mutex::new(None),
+            fetches: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// The queue's configuration.
+    pub fn config(&self) -> &NatsConfig {
+        &self.config
+    }
+
+    fn connected(&self) -> Result<Connected> {
+        self.base.check_open()?;
+        self.state
+            .lock()
+            .clone()
+            .ok_or_else(|| Error::not_opened(self.name()).with_backend(BACKEND))
+    }
+
+    fn error(&self, what: &str, e: impl Into<courier_core::BoxError>) -> Error {
+        let e: courier_core::BoxError = e.into();
+        let kind = if e.to_string().contains("timed out") {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Backend
+        };
+        Error::new(
+            kind,
+            format!(
+                "cannot {what} on NATS JetStream at {}",
+                self.config.address()
+            ),
+        )
+        .with_source(e)
+        .with_backend(BACKEND)
+        .with_queue(self.name())
+    }
+
+    /// The stream of `name` (on subject `name`), created if missing.
+    async fn stream(&self, js: &jetstream::Context, name: &str) -> Result<stream::Stream> {
+        js.get_or_create_stream(stream::Config {
+            name: stream_name(name),
+            subjects: vec![name.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| self.error("create the stream", e))
+    }
+
+    fn lock_of(message: &MessageEnvelope) -> Option<&JsLock> {
+        message.lock_token()?.downcast_ref::<JsLock>()
+    }
+
+    /// Publishes `envelope` on `subject` and waits for JetStream's acknowledgement, for up
+    /// to `connect_timeout`.
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        envelope: &MessageEnvelope,
+    ) -> Result<()> {
+        let publish = async {
+            let ack = js
+                .publish_with_headers(
+                    subject.to_owned(),
+                    wire::headers(envelope),
+                    envelope.message.clone(),
+                )
+                .await
+                .map_err(|e| self.error("publish", e))?;
+            ack.await.map_err(|e| self.error("publish", e))?;
+            Ok(())
+        };
+        match tokio::time::timeout(self.config.connect_timeout, publish).await {
+            Ok(published) => published,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "NATS JetStream at {} did not acknowledge the message within {:?} (options.connect_timeout); it may or may not be stored",
+                    self.config.address(),
+                    self.config.connect_timeout
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_queue(self.name())),
+        }
+    }
+
+    /// Moves a delivered message to the dead-letter queue: a copy there, then `+TERM`.
+    async fn bury(
+        &self,
+        connected: &Connected,
+        envelope: &MessageEnvelope,
+        lock: &JsLock,
+    ) -> Result<()> {
+        let dead = &self.config.dead_letter_queue;
+        self.stream(&connected.js, dead).await?;
+        let mut copy = envelope.clone();
+        copy.set_lock_token(None);
+        self.publish(&connected.js, dead, &copy).await?;
+        lock.stop_keepalive();
+        lock.message
+            .double_ack_with(AckKind::Term)
+            .await
+            .map_err(|e| self.error("terminate a message", e))?;
+        self.base.dead_lettered(envelope);
+        Ok(())
+    }
+
+    /// Fetches one message, waiting up to `wait`, in a task of its own: if this future is
+    /// dropped before the message arrives, the task puts the message back uncounted.
+    async fn fetch(
+        &self,
+        connected: &Connected,
+        wait: Duration,
+    ) -> Result<Option<jetstream::Message>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (consumer, js, subject) = (
+            connected.consumer.clone(),
+            connected.js.clone(),
+            self.name().to_owned(),
+        );
+        self.fetches.spawn(async move {
+            let fetched = fetch_one(&consumer, wait).await;
+            if let Err(Ok(Some(message))) = answer.send(fetched) {
+                // Nobody waits for it any more.
+                release(&js, &subject, message).await;
+            }
+        });
+        // A message sent just as this future is dropped is put back by the guard.
+        let mut pending = PendingFetch {
+            answered: Some(answered),
+            js: connected.js.clone(),
+            subject: self.name().to_owned(),
+            tracker: self.fetches.clone(),
+        };
+        // A client that lost its connection may take much longer than `wait` to answer: this
+        // receive is empty then, and the fetch's message, if one comes, is put back.
+        let answered = match pending.answered.as_mut() {
+            Some(answered) => tokio::time::timeout(wait + FETCH_SLACK, answered).await,
+            None => unreachable!("set just above"),
+        };
+        let Ok(answer) = answered else {
+            return Ok(None);
+        };
+        pending.answered = None;
+        match answer {
+            Ok(fetched) => fetched.map_err(|e| self.error("fetch", e)),
+            Err(_) => Err(
+                Error::new(ErrorKind::Backend, "a fetch task ended without an answer")
+                    .with_backend(BACKEND)
+                    .with_queue(self.name()),
+            ),
+        }
+    }
+}
+
+type Fetched = std::result::Result<Option<jetstream::Message>, courier_core::BoxError>;
+
+/// The waiting end of a fetch: dropped with a message in it (the `receive` was dropped just
+/// as the message came), it puts the message back from a task.
+struct PendingFetch {
+    answered: Option<tokio::sync::oneshot::Receiver<Fetched>>,
+    js: jetstream::Context,
+    subject: String,
+    /// The queue's fetches, which `close` waits for: the putting back is one of them.
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl Drop for PendingFetch {
+    fn drop(&mut self) {
+        let Some(mut answered) = self.answered.take() else {
+            return;
+        };
+        if let Ok(Ok(Some(message))) = answered.try_recv() {
+            let (js, subject) = (self.js.clone(), std::mem::take(&mut self.subject));
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.tracker
+                    .spawn(async move { release(&js, &subject, message).await });
+            }
+        }
+    }
+}
+
+/// Fetches one message from `consumer`, waiting up to `wait`.
+async fn fetch_one(consumer: &consumer::PullConsumer, wait: Duration) -> Fetched {
+    let mut batch = if wait < Duration::from_millis(10) {
+        consumer.fetch().max_messages(1).messages().await?
+    } else {
+        consumer
+            .batch()
+            .max_messages(1)
+            .expires(wait.min(LONGEST_FETCH))
+            .messages()
+            .await?
+    };
+    match batch.next().await {
+        None => Ok(None),
+        Some(Ok(message)) => Ok(Some(message)),
+        Some(Err(e)) => Err(e),
+    }
+}
+
+/// How many deliveries of `message` count: the server's, plus those of the original a copy
+/// stands for ([`wire::EARLIER_DELIVERIES`]).
+fn deliveries(message: &jetstream::Message) -> u32 {
+    let delivered = message
+        .info()
+        .map(|info| u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    wire::earlier_deliveries(message.headers.as_ref()).saturating_add(delivered)
+}
+
+/// Puts back a message fetched for a `receive` that was dropped: a copy carrying its count
+/// (minus this delivery, which nobody saw) goes to the stream, then the original is
+/// terminated. If the copy cannot be published, the original is left to come back when its
+/// `AckWait` runs out (counted).
+async fn release(js: &jetstream::Context, subject: &str, message: jetstream::Message) {
+    let earlier = deliveries(&message).saturating_sub(1);
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(wire::EARLIER_DELIVERIES, earlier.to_string().as_str());
+    let published = match js
+        .publish_with_headers(subject.to_owned(), headers, message.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    };
+    if published {
+        let _ = message.double_ack_with(AckKind::Term).await;
+    }
+}
+
+impl fmt::Debug for JetStreamMessageQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamMessageQueue")
+            .field("base", &self.base)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl MessageQueue for JetStreamMessageQueue {
+    fn name(&self) -> &str {
+        self.base.name()
+    }
+
+    fn capabilities(&self) -> MessagingCapabilities {
+        MessagingCapabilities::all()
+    }
+
+    fn is_open(&self) -> bool {
+        self.base.is_open()
+    }
+
+    async fn open(&self, correlation_id: Option<&str>) -> Result<()> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let client = core_nats::connect(&self.config).await?;
+        let js = jetstream::new(client.clone());
+        let stream = self.stream(&js, self.name()).await?;
+        let ack_wait = self
+            .base
+            .options()
+            .lock_timeout
+            .min(Duration::from_secs(24 * 3600));
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| self.error("create the consumer", e))?;
+        *self.state.lock() = Some(Connected {
+            client,
+            js,
+            stream,
+            consumer,
+        });
+        self.base.set_open(true);
+        self.base.changed(correlation_id, "Opened");
+        Ok(())
+    }
+
+    async fn close(&self, correlation_id: Option<&str>) -> Result<()> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        self.base.stop_listeners().await;
+        self.base.set_open(false);
+        // Fetches of dropped receives put their messages back before the connection goes.
+        self.fetches.close();
+        let _ = tokio::time::timeout(FETCH_GRACE, self.fetches.wait()).await;
+        self.fetches.reopen();
+        let connected = self.state.lock().take();
+        if let Some(connected) = connected {
+            let _ =
+                tokio::time::timeout(self.config.connect_timeout, connected.client.drain()).await;
+        }
+        self.base.changed(correlation_id, "Closed");
+        Ok(())
+    }
+
+    async fn read_message_count(&self) -> Result<usize> {
+        let connected = self.connected()?;
+        let info = connected
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| self.error("read the consumer", e))?;
+        Ok(usize::try_from(info.num_pending).unwrap_or(usize::MAX))
+    }
+
+    async fn send(&self, correlation_id: Option<&str>, envelope: MessageEnvelope) -> Result<()> {
+        let connected = self.connected()?;
+        let envelope = self.base.prepare_send(envelope)?;
+        self.publish(&connected.js, self.name(), &envelope).await?;
+        self.base.sent(correlation_id, &envelope);
+        Ok(())
+    }
+
+    async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
+        Ok(self.peek_batch(correlation_id, 1).await?.into_iter().next())
+    }
+
+    async fn peek_batch(
+        &self,
+        correlation_id: Option<&str>,
+        message_count: usize,
+    ) -> Result<Vec<MessageEnvelope>> {
+        let connected = self.connected()?;
+        let info = connected
+            .consumer
+            .get_info()
+            .await
+            .map_err(|e| self.error("read the consumer", e))?;
+        let mut stream = connected.stream.clone();
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| self.error("read the stream", e))?
+            .state
+            .last_sequence;
+        let mut peeked = Vec::new();
+        let mut sequence = info.delivered.stream_sequence + 1;
+        while peeked.len() < message_count && sequence <= last {
+            if let Ok(raw) = connected.stream.get_raw_message(sequence).await {
+                let mut envelope =
+                    wire::envelope(Some(&raw.headers), raw.payload, chrono::Utc::now());
+                envelope.set_delivery_count(0);
+                peeked.push(envelope);
+            }
+            sequence += 1;
+        }
+        self.base.peeked(correlation_id, peeked.len());
+        Ok(peeked)
+    }
+
+    async fn receive(
+        &self,
+        correlation_id: Option<&str>,
+        wait_timeout: Duration,
+    ) -> Result<Option<MessageEnvelope>> {
+        let connected = self.connected()?;
+        let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
+        loop {
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(message) = self.fetch(&connected, wait).await? else {
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let delivered = deliveries(&message);
+            let mut envelope = wire::envelope(
+                message.headers.as_ref(),
+                message.payload.clone(),
+                chrono::Utc::now(),
+            );
+            envelope.set_delivery_count(delivered);
+            let lock = JsLock {
+                message,
+                keepalive: parking_lot::Mutex::new(None),
+            };
+            if self.base.is_spent(delivered.saturating_sub(1)) {
+                // Delivered again after its last allowed delivery (its lock expired).
+                self.bury(&connected, &envelope, &lock).await?;
+                continue;
+            }
+            envelope.set_lock_token(Some(LockToken::new(lock)));
+            self.base.received(correlation_id, &envelope);
+            return Ok(Some(envelope));
+        }
+    }
+
+    async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
+        self.base.check_open()?;
+        let Some(lock) = Self::lock_of(message) else {
+            return Ok(());
+        };
+        if message.lock_token().is_some_and(LockToken::is_settled) {
+            return Ok(());
+        }
+        lock.stop_keepalive();
+        let ack_wait = self.base.options().lock_timeout;
+        if lock_timeout > ack_wait {
+            // In progress until `lock_timeout` from now: one `+WPI` every half `AckWait`.
+            let stop = CancellationToken::new();
+            let until = deadline_after(tokio::time::Instant::now(), lock_timeout - ack_wait);
+            let (message, stopped) = (lock.message.clone(), stop.clone());
+            tokio::spawn(async move {
+                let every = ack_wait / 2;
+                while tokio::time::Instant::now() < until {
+                    if message.ack_with(AckKind::Progress).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        () = stopped.cancelled() => return,
+                        () = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
+                    }
+                }
+            });
+            *lock.keepalive.lock() = Some(stop);
+        } else {
+            lock.message
+                .ack_with(AckKind::Progress)
+                .await
+                .map_err(|e| self.error("renew a lock", e))?;
+        }
+        self.base.settled(Settled::RenewedLock, message);
+        Ok(())
+    }
+
+    async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
+        self.base.check_open()?;
+        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+            return Ok(());
+        };
+        if token.is_settled() {
+            return Ok(());
+        }
+        lock.stop_keepalive();
+        lock.message
+            .double_ack()
+            .await
+            .map_err(|e| self.error("acknowledge", e))?;
+        token.settle();
+        self.base.settled(Settled::Completed, message);
+        Ok(())
+    }
+
+    async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
+        self.base.check_open()?;
+        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+            return Ok(());
+        };
+        if token.is_settled() {
+            return Ok(());
+        }
+        lock.stop_keepalive();
+        if self.base.is_spent(message.delivery_count()) {
+            let connected = self.connected()?;
+            self.bury(&connected, message, lock).await?;
+        } else {
+            lock.message
+                .double_ack_with(AckKind::Nak(None))
+                .await
+                .map_err(|e| self.error("give a message back", e))?;
+        }
+        token.settle();
+        self.base.settled(Settled::Abandoned, message);
+        Ok(())
+    }
+
+    async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
+        self.base.check_open()?;
+        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+            return Ok(());
+        };
+        if token.is_settled() {
+            return Ok(());
+        }
+        let connected = self.connected()?;
+        self.bury(&connected, message, lock).await?;
+        token.settle();
+        Ok(())
+    }
+
+    async fn listen(
+        &self,
+        correlation_id: Option<&str>,
+        receiver: Arc<dyn MessageReceiver>,
+    ) -> Result<()> {
+        self.base.listen(self, correlation_id, receiver).await
+    }
+
+    fn end_listen(&self, _correlation_id: Option<&str>) {
+        self.base.end_listen();
+    }
+
+    fn base(&self) -> Option<&QueueBase> {
+        Some(&self.base)
+    }
+
+    async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
+        let connected = self.connected()?;
+        connected
+            .stream
+            .purge()
+            .await
+            .map_err(|e| self.error("purge the stream", e))?;
+        self.base.changed(correlation_id, "Cleared");
+        Ok(())
+    }
+}

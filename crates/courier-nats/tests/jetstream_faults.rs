@@ -1,0 +1,180 @@
+//! JetStream queues on a broken network, through the fault proxy: connections cut while two
+//! producers and two consumers run lose no message whose `send` returned `Ok`; a consumer that
+//! dies holding a message gives it back after `AckWait`; sends during an outage fail or land;
+//! `open` against a closed port fails within `connect_timeout`. And foreign messages on the
+//! queue's subject (no headers, garbage in them) are delivered with generated values.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_conformance::fault::FaultProxy;
+use courier_conformance::{outages, unique_name};
+use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
+
+async fn proxied() -> Option<(FaultProxy, String)> {
+    let url = support::reachable().await?;
+    let host_port = url
+        .trim_start_matches("nats://")
+        .trim_end_matches('/')
+        .to_owned();
+    let upstream: SocketAddr = tokio::net::lookup_host(host_port)
+        .await
+        .expect("the server's address")
+        .next()
+        .expect("an address");
+    let proxy = FaultProxy::start(upstream).await.expect("a proxy");
+    let url = format!("nats://{}", proxy.addr());
+    Some((proxy, url))
+}
+
+async fn open(url: &str, name: &str, options: &[(&str, &str)]) -> Arc<dyn MessageQueue> {
+    let queue = courier_nats::from_uri(&support::queue_url(url, name, options)).unwrap();
+    queue.open(None).await.expect("open through the proxy");
+    queue
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuts_under_two_producers_and_two_consumers_lose_nothing() {
+    let Some((proxy, url)) = proxied().await else {
+        return;
+    };
+    let name = unique_name("fault");
+    let options = [
+        ("connect_timeout", "3000"),
+        ("lock_timeout", "2000"),
+        ("reconnect_timeout", "100"),
+    ];
+    let consumers = [
+        open(&url, &name, &options).await,
+        open(&url, &name, &options).await,
+    ];
+    let producers = [
+        open(&url, &name, &options).await,
+        open(&url, &name, &options).await,
+    ];
+    let queues: Vec<_> = consumers.iter().chain(&producers).cloned().collect();
+    let report = outages::cuts_lose_nothing(&proxy, producers, consumers).await;
+    println!("nats jetstream cuts: {report}");
+    for queue in queues {
+        queue.close(None).await.expect("close");
+    }
+    support::delete_streams(&support::server_url(), &[name]);
+}
+
+/// A consumer dropped (its process dead) while it holds a message: another gets the message
+/// once `AckWait` (the lock timeout) runs out, as its second delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_by_a_dead_consumer_comes_back_after_ack_wait() {
+    let Some(url) = support::reachable().await else {
+        return;
+    };
+    let name = unique_name("fault");
+    let options = [("lock_timeout", "1000")];
+    let dying = open(&url, &name, &options).await;
+    let envelope = MessageEnvelope::new(None, "t", "held");
+    let id = envelope.message_id.clone();
+    dying.send(None, envelope).await.unwrap();
+    let held = dying
+        .receive(None, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.message_id, id);
+    drop(held);
+    drop(dying);
+    let other = open(&url, &name, &options).await;
+    let started = Instant::now();
+    let again = other
+        .receive(None, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the message came back");
+    assert_eq!(again.message_id, id);
+    assert_eq!(again.delivery_count(), 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    other.complete(&again).await.unwrap();
+    other.close(None).await.unwrap();
+    support::delete_streams(&url, &[name]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_during_an_outage_fail_or_land() {
+    let Some((proxy, url)) = proxied().await else {
+        return;
+    };
+    let name = unique_name("fault");
+    let queue = open(
+        &url,
+        &name,
+        &[("connect_timeout", "1000"), ("reconnect_timeout", "100")],
+    )
+    .await;
+    outages::outage_sends_fail_or_land(&proxy, &*queue).await;
+    queue.close(None).await.unwrap();
+    support::delete_streams(&support::server_url(), &[name]);
+}
+
+#[tokio::test]
+async fn open_against_a_closed_port_fails_within_connect_timeout() {
+    if support::reachable().await.is_none() {
+        return;
+    }
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let queue = courier_nats::from_uri(&format!(
+        "nats://127.0.0.1:{port}/never?connect_timeout=1000"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let err = queue.open(None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(started.elapsed() < Duration::from_millis(2000));
+}
+
+/// A foreign client publishes to the queue's subject: no headers, garbage ids and times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_messages_are_delivered_with_generated_values() {
+    let Some(url) = support::reachable().await else {
+        return;
+    };
+    let name = unique_name("foreign");
+    let queue = open(&url, &name, &[]).await;
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish(name.clone(), vec![0xffu8, 0x00].into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut garbage = async_nats::HeaderMap::new();
+    garbage.insert("message_id", "");
+    garbage.insert("sent_time", "tomorrow-ish");
+    garbage.insert("courier_deliveries", "lots");
+    js.publish_with_headers(name.clone(), garbage, "x".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let m = queue
+            .receive(None, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("the foreign message");
+        assert_eq!(m.message_id.len(), 32);
+        assert!(m.sent_time.is_some());
+        assert_eq!(m.delivery_count(), 1);
+        queue.complete(&m).await.unwrap();
+    }
+    queue.close(None).await.unwrap();
+    support::delete_streams(&url, &[name]);
+}
