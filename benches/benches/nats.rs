@@ -1,7 +1,12 @@
-//! NATS queues against raw async-nats doing the same work, in one run. Core NATS so far:
-//! `count` messages published with the pip-services headers and received by a subscriber
-//! (courier: `send`, then `receive` + `complete` from the queue's buffer; raw: publish with
-//! the same headers, then read the subscription), with 64 B and 4 KiB payloads.
+//! NATS queues against raw async-nats doing the same work, in one run, with 64 B and 4 KiB
+//! payloads:
+//!
+//! * JetStream: `send` (a publish acknowledged by the stream) against `publish` + awaiting its
+//!   ack, with the same headers; `receive` + `complete` against fetching one message from the
+//!   same kind of durable pull consumer and double-acking it.
+//! * Core NATS: `count` messages published with the pip-services headers and received by a
+//!   subscriber (courier: `send`, then `receive` + `complete` from the queue's buffer; raw:
+//!   publish with the same headers, then read the subscription).
 //!
 //! ```sh
 //! cargo bench -p courier-benches --bench nats
@@ -67,15 +72,8 @@ async fn raw_round(client: &async_nats::Client, count: usize, body: &[u8]) -> f6
         let (client, body) = (client.clone(), bytes::Bytes::from(body.to_vec()));
         tokio::spawn(async move {
             for _ in 0..count {
-                let envelope = MessageEnvelope::new(Some("cid"), "bench", Vec::new());
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("message_id", envelope.message_id.as_str());
-                headers.insert("correlation_id", "cid");
-                headers.insert("trace_id", "cid");
-                headers.insert("message_type", "bench");
-                headers.insert("sent_time", "2026-11-22T20:55:47.193Z");
                 client
-                    .publish_with_headers(subject.clone(), headers, body.clone())
+                    .publish_with_headers(subject.clone(), headers(), body.clone())
                     .await
                     .unwrap();
             }
@@ -88,6 +86,97 @@ async fn raw_round(client: &async_nats::Client, count: usize, body: &[u8]) -> f6
     let rate = count as f64 / start.elapsed().as_secs_f64();
     producer.await.unwrap();
     rate
+}
+
+/// The headers courier writes, for the raw side.
+fn headers() -> async_nats::HeaderMap {
+    let envelope = MessageEnvelope::new(Some("cid"), "bench", Vec::new());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("message_id", envelope.message_id.as_str());
+    headers.insert("correlation_id", "cid");
+    headers.insert("trace_id", "cid");
+    headers.insert("message_type", "bench");
+    headers.insert("sent_time", "2026-11-22T20:55:47.193Z");
+    headers
+}
+
+/// JetStream through courier: `count` sends, then `count` receive + complete; msg/s each.
+async fn courier_jetstream(url: &str, count: usize, body: &[u8]) -> (f64, f64) {
+    let name = format!("bench-js-{}", uuid::Uuid::new_v4().simple());
+    let queue = courier::nats::from_uri(&format!("{url}/{name}")).unwrap();
+    queue.open(None).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..count {
+        let envelope = MessageEnvelope::new(Some("cid"), "bench", body.to_vec());
+        queue.send(None, envelope).await.unwrap();
+    }
+    let send = count as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..count {
+        let m = queue
+            .receive(None, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("a message");
+        queue.complete(&m).await.unwrap();
+    }
+    let take = count as f64 / start.elapsed().as_secs_f64();
+    queue.close(None).await.unwrap();
+    (send, take)
+}
+
+/// JetStream through raw async-nats, the same work on the same kind of stream and consumer.
+async fn raw_jetstream(client: &async_nats::Client, count: usize, body: &[u8]) -> (f64, f64) {
+    use async_nats::jetstream::{self, consumer, stream};
+    let name = format!("bench-js-raw-{}", uuid::Uuid::new_v4().simple());
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: courier::nats::stream_name(&name),
+            subjects: vec![name.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "courier",
+            consumer::pull::Config {
+                durable_name: Some("courier".to_owned()),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: -1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(body.to_vec());
+    let start = Instant::now();
+    for _ in 0..count {
+        js.publish_with_headers(name.clone(), headers(), body.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let send = count as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        let message = batch.next().await.expect("a message").unwrap();
+        message.double_ack().await.unwrap();
+    }
+    let take = count as f64 / start.elapsed().as_secs_f64();
+    let _ = js.delete_stream(courier::nats::stream_name(&name)).await;
+    (send, take)
 }
 
 fn main() {
@@ -111,6 +200,40 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(20_000);
+        let js_count = count / 10;
+        println!(
+            "\nJetStream, msg/s (median of {ROUNDS} rounds of {js_count} messages, one worker, the order alternating; raw = async-nats on the same kind of stream and consumer)"
+        );
+        println!(
+            "| payload | courier send | raw publish+ack | ratio | courier receive+complete | raw fetch+double ack | ratio |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for size in [64, 4096] {
+            let body = payload(size);
+            let (mut ours, mut raw) = (Vec::new(), Vec::new());
+            for round in 0..ROUNDS {
+                if round % 2 == 0 {
+                    ours.push(courier_jetstream(&url, js_count, &body).await);
+                    raw.push(raw_jetstream(&client, js_count, &body).await);
+                } else {
+                    raw.push(raw_jetstream(&client, js_count, &body).await);
+                    ours.push(courier_jetstream(&url, js_count, &body).await);
+                }
+            }
+            let (os, ot) = (
+                median(ours.iter().map(|r| r.0).collect()),
+                median(ours.iter().map(|r| r.1).collect()),
+            );
+            let (rs, rt) = (
+                median(raw.iter().map(|r| r.0).collect()),
+                median(raw.iter().map(|r| r.1).collect()),
+            );
+            println!(
+                "| {size} B | {os:.0} | {rs:.0} | {:.2} | {ot:.0} | {rt:.0} | {:.2} |",
+                os / rs,
+                ot / rt
+            );
+        }
         println!(
             "\ncore NATS publish → receive, msg/s (median of {ROUNDS} rounds of {count} messages, the order alternating; raw = async-nats publishing the same headers and reading the subscription)"
         );

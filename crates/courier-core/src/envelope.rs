@@ -80,6 +80,30 @@ impl MessageEnvelope {
         }
     }
 
+    /// Creates an envelope with the id `message_id` (as a broker delivered it) and no send
+    /// time; an empty id gets a new one, as in [`new`](Self::new).
+    pub fn with_id(
+        message_id: String,
+        correlation_id: Option<&str>,
+        message_type: &str,
+        message: impl Into<Bytes>,
+    ) -> Self {
+        MessageEnvelope {
+            message_id: if message_id.is_empty() {
+                new_message_id()
+            } else {
+                message_id
+            },
+            correlation_id: correlation_id.map(str::to_owned),
+            message_type: message_type.to_owned(),
+            sent_time: None,
+            message: message.into(),
+            lock: None,
+            delivery_count: 0,
+            delivery: None,
+        }
+    }
+
     /// Creates an envelope whose payload is `value`: a string is stored as its UTF-8 text (as
     /// pip-services' envelope constructor does), anything else as JSON.
     ///

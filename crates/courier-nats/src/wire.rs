@@ -62,10 +62,12 @@ pub fn envelope(
     };
     let correlation_id = get("trace_id").or_else(|| get("correlation_id"));
     let message_type = get("message_type").unwrap_or_default();
-    let mut envelope = MessageEnvelope::new(correlation_id.as_deref(), &message_type, payload);
-    if let Some(id) = get("message_id") {
-        envelope.message_id = id;
-    }
+    let mut envelope = MessageEnvelope::with_id(
+        get("message_id").unwrap_or_default(),
+        correlation_id.as_deref(),
+        &message_type,
+        payload,
+    );
     envelope.sent_time = Some(
         get("sent_time")
             .or_else(|| get("send_time"))

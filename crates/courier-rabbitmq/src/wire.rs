@@ -76,14 +76,12 @@ pub fn envelope(
             .map(|s| s.as_str().to_owned())
             .filter(|s| !s.is_empty())
     };
-    let mut envelope = MessageEnvelope::new(
+    let mut envelope = MessageEnvelope::with_id(
+        text(properties.message_id()).unwrap_or_default(),
         text(properties.correlation_id()).as_deref(),
         text(properties.kind()).as_deref().unwrap_or_default(),
         body,
     );
-    if let Some(id) = text(properties.message_id()) {
-        envelope.message_id = id;
-    }
     envelope.sent_time = Some(
         properties
             .timestamp()
