@@ -77,18 +77,35 @@ impl NatsConfig {
                     .map(str::to_owned)
             })
         };
-        let protocol = config.get("connection.protocol").unwrap_or("nats");
-        let tls_scheme = match protocol {
-            "nats" => false,
-            "tls" => true,
-            other => {
-                return Err(Error::config(
-                    "connection.protocol",
-                    format!("`{other}` is not nats or tls"),
-                ));
+        let mut tls_scheme = false;
+        for (key, protocol) in config.iter() {
+            if key == "connection.protocol"
+                || (key.starts_with("connections.") && key.ends_with(".protocol"))
+            {
+                match protocol {
+                    "nats" => {}
+                    "tls" => tls_scheme = true,
+                    other => {
+                        return Err(Error::config(key, format!("`{other}` is not nats or tls")));
+                    }
+                }
             }
-        };
+        }
         let subject = base.name().to_owned();
+        let token = config
+            .get("credential.token")
+            .or_else(|| config.get("options.token"))
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let credential = CredentialParams::from_config(config);
+        if credential.username.is_some() && credential.password().is_none() && token.is_none() {
+            // `nats://TOKEN@host`: NATS tools read it as a token; courier does not guess, and
+            // does not keep it where it would be shown as a user name.
+            return Err(Error::config(
+                "credential.password",
+                "a user without a password: give user:password, or a token as `token=` or credential.token",
+            ));
+        }
         Ok(NatsConfig {
             servers: servers(config)?,
             tls: tls_scheme || config.get_as_bool("options.tls")?.unwrap_or(false),
@@ -102,11 +119,8 @@ impl NatsConfig {
             reconnect_timeout: config.get_as_duration_ms("options.reconnect_timeout")?,
             connect_timeout: base.options().connect_timeout,
             dead_letter_queue: base.options().dead_letter_queue_name(base.name()),
-            credential: CredentialParams::from_config(config),
-            token: config
-                .get("credential.token")
-                .or_else(|| config.get("options.token"))
-                .map(str::to_owned),
+            credential,
+            token,
         })
     }
 
@@ -137,20 +151,25 @@ impl NatsConfig {
         {
             options = options.user_and_password(user.clone(), password.to_owned());
         }
-        // async-nats takes 0 (or `None`) for "no limit": without `retry_connect`, one attempt.
+        // async-nats takes 0 (or `None`) for "no limit", and counts attempts over all servers:
+        // without `retry_connect`, one attempt per server.
         options = options.max_reconnects(if self.retry_connect {
             self.max_reconnect.filter(|n| *n > 0)
         } else {
-            Some(1)
+            Some(self.servers.len().max(1))
         });
-        if let Some(wait) = self.reconnect_timeout {
-            options = options.reconnect_delay_callback(move |_| wait);
-        } else {
-            options = options.reconnect_delay_callback(|attempts| {
-                let doubled = 100u64.saturating_mul(1 << attempts.min(7));
+        // async-nats counts the first connect as attempt 1 and waits before it too: no wait
+        // there, then `reconnect_timeout`, or 100 ms doubling to 10 s.
+        let fixed = self.reconnect_timeout;
+        options = options.reconnect_delay_callback(move |attempts| {
+            if attempts <= 1 {
+                return Duration::ZERO;
+            }
+            fixed.unwrap_or_else(|| {
+                let doubled = 100u64.saturating_mul(1 << (attempts - 2).min(7));
                 Duration::from_millis(doubled.min(10_000))
-            });
-        }
+            })
+        });
         options
     }
 }
@@ -203,4 +222,48 @@ fn servers(config: &ConfigParams) -> Result<Vec<String>> {
 
 fn port_error(key: &str) -> Error {
     Error::config(key, "expected a port number")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> NatsConfig {
+        let config = ConfigParams::from_tuples(pairs.iter().copied());
+        let base = QueueBase::from_config("nats", &config, None).unwrap();
+        NatsConfig::from_config(&config, &base).unwrap()
+    }
+
+    #[test]
+    fn a_tls_server_in_a_pip_connection_list_makes_the_connection_tls() {
+        let c = config(&[
+            ("queue", "q"),
+            ("connections.0.protocol", "nats"),
+            ("connections.0.host", "a"),
+            ("connections.1.protocol", "tls"),
+            ("connections.1.host", "b"),
+            ("connections.1.port", "4443"),
+        ]);
+        assert_eq!(c.address(), "tls://a:4222,tls://b:4443");
+        assert!(c.tls);
+    }
+
+    #[test]
+    fn tokens_are_kept_apart_and_never_shown() {
+        let c = config(&[
+            ("queue", "q"),
+            ("connection.host", "h"),
+            ("credential.username", "u"),
+            ("credential.password", "p"),
+            ("credential.token", ""),
+        ]);
+        assert_eq!(c.token, None, "an empty token is no token");
+        let c = config(&[
+            ("queue", "q"),
+            ("connection.host", "h"),
+            ("options.token", "t0k3n"),
+        ]);
+        assert_eq!(c.token.as_deref(), Some("t0k3n"));
+        assert!(!format!("{c:?}").contains("t0k3n"));
+    }
 }

@@ -57,6 +57,20 @@ impl CoreNatsBroker {
         .with_queue(&self.config.subject)
     }
 
+    /// The error of a call (doing `what`) the client did not finish within `connect_timeout`.
+    fn timed_out(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot {what} on NATS at {}: no answer within {:?} (options.connect_timeout)",
+                self.config.address(),
+                self.config.connect_timeout
+            ),
+        )
+        .with_backend(BACKEND)
+        .with_queue(&self.config.subject)
+    }
+
     async fn stop_subscription(&self) {
         let subscription = self.subscription.lock().take();
         if let Some((stop, task)) = subscription {
@@ -145,18 +159,26 @@ impl PushBroker for CoreNatsBroker {
         self.stop_subscription().await;
         let client = self.client()?;
         let subject = self.config.subscribe_subject.clone();
-        let subscribed = match &self.config.queue_group {
-            Some(group) => client.queue_subscribe(subject, group.clone()).await,
-            None => client.subscribe(subject).await,
+        let subscribe = async {
+            match &self.config.queue_group {
+                Some(group) => client.queue_subscribe(subject, group.clone()).await,
+                None => client.subscribe(subject).await,
+            }
+        };
+        let Ok(subscribed) = tokio::time::timeout(self.config.connect_timeout, subscribe).await
+        else {
+            return Err(self.timed_out("subscribe"));
         };
         let mut subscriber =
             subscribed.map_err(|e| self.error(ErrorKind::Connection, "subscribe", e))?;
         // The server must know the subscription before `open` returns: what is published
         // after that reaches this queue.
-        client
-            .flush()
-            .await
-            .map_err(|e| self.error(ErrorKind::Connection, "subscribe", e))?;
+        match tokio::time::timeout(self.config.connect_timeout, client.flush()).await {
+            Ok(flushed) => {
+                flushed.map_err(|e| self.error(ErrorKind::Connection, "subscribe", e))?;
+            }
+            Err(_) => return Err(self.timed_out("subscribe")),
+        }
         let stop = CancellationToken::new();
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -188,13 +210,14 @@ impl PushBroker for CoreNatsBroker {
 
     async fn send(&self, _correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
         let client = self.client()?;
-        client
-            .publish_with_headers(
-                self.config.subject.clone(),
-                wire::headers(envelope),
-                envelope.message.clone(),
-            )
-            .await
-            .map_err(|e| self.error(ErrorKind::Connection, "publish", e))
+        let publish = client.publish_with_headers(
+            self.config.subject.clone(),
+            wire::headers(envelope),
+            envelope.message.clone(),
+        );
+        match tokio::time::timeout(self.config.connect_timeout, publish).await {
+            Ok(published) => published.map_err(|e| self.error(ErrorKind::Connection, "publish", e)),
+            Err(_) => Err(self.timed_out("publish")),
+        }
     }
 }

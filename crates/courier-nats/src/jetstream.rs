@@ -3,13 +3,20 @@
 //! * One work-queue stream per queue (named from the queue, see [`stream_name`]) on the
 //!   queue's subject, and one durable pull consumer, `courier`, shared by every process of the
 //!   queue. The first `open` creates both; later ones use them as they are.
-//! * `receive` fetches one message; its lock is the consumer's `AckWait`, which is the
-//!   queue's `lock_timeout` (set when the consumer is created). `complete` acknowledges,
+//! * `receive` fetches one message; its lock is the consumer's `AckWait`: the `lock_timeout`
+//!   of the queue that created the consumer (a later queue with another one uses it as it
+//!   is; renewals follow the consumer's). `complete` acknowledges,
 //!   `abandon` naks (redelivered at once), `renew_lock(m, t)` keeps the message in progress
 //!   (`+WPI`, repeated every half `AckWait`) until `t` from now. A message whose lock expires
 //!   is redelivered by the server, with its delivery count.
-//! * `max_deliveries` and `move_to_dead_letter` publish a copy to the queue `<name>.dlq` (its
-//!   own stream, created when needed), then terminate the original (`+TERM`).
+//! * `max_deliveries` and `move_to_dead_letter` publish a copy to the dead-letter queue
+//!   (`<name>.dlq` or `options.dead_letter_queue`, its own stream, created when needed), then
+//!   terminate the original (`+TERM`).
+//! * A `receive` dropped while its fetch is under way leaves the fetch to a task, which puts a
+//!   message that comes late back as a copy carrying its count (without the server's
+//!   `Nats-*` headers) and terminates the original; if the copy cannot be stored, the
+//!   original comes back when its `AckWait` runs out, counted. Every call to the server gives
+//!   up after `connect_timeout`.
 //! * `peek` and `peek_batch` read messages not yet delivered, without consuming them;
 //!   `read_message_count` is the consumer's count of messages not yet delivered
 //!   (`num_pending`), so locked messages and those waiting for redelivery are not counted.
@@ -36,6 +43,9 @@ pub const CONSUMER: &str = "courier";
 
 /// The longest a single fetch waits; longer receives fetch again.
 const LONGEST_FETCH: Duration = Duration::from_secs(30);
+
+/// How long putting back a message may take before it is left to come back by `AckWait`.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How much longer than its wait a fetch may take before `receive` gives up on it.
 const FETCH_SLACK: Duration = Duration::from_millis(250);
@@ -74,6 +84,8 @@ struct Connected {
     js: jetstream::Context,
     stream: stream::Stream,
     consumer: consumer::PullConsumer,
+    /// The consumer's `AckWait`: how long a lock lasts without renewal.
+    ack_wait: Duration,
 }
 
 /// What a received message's lock token holds.
@@ -141,15 +153,41 @@ impl JetStreamMessageQueue {
 
     /// The stream of `name` (on subject `name`), created if missing.
     async fn stream(&self, js: &jetstream::Context, name: &str) -> Result<stream::Stream> {
-        js.get_or_create_stream(stream::Config {
+        let create = js.get_or_create_stream(stream::Config {
             name: stream_name(name),
             subjects: vec![name.to_owned()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| self.error("create the stream", e))
+        });
+        self.within("create the stream", create).await
+    }
+
+    /// Waits for the server's answer to `call` (doing `what`) for up to `connect_timeout`: a
+    /// client that lost its connection may queue a request for as long as it reconnects.
+    async fn within<T, E: Into<courier_core::BoxError>>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = std::result::Result<T, E>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.connect_timeout, call).await {
+            Ok(answered) => answered.map_err(|e| self.error(what, e)),
+            Err(_) => Err(self.timed_out(what)),
+        }
+    }
+
+    /// The error of a call (doing `what`) the server did not answer within `connect_timeout`.
+    fn timed_out(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "cannot {what}: NATS at {} did not answer within {:?} (options.connect_timeout)",
+                self.config.address(),
+                self.config.connect_timeout
+            ),
+        )
+        .with_backend(BACKEND)
+        .with_queue(self.name())
     }
 
     fn lock_of(message: &MessageEnvelope) -> Option<&JsLock> {
@@ -204,10 +242,11 @@ impl JetStreamMessageQueue {
         copy.set_lock_token(None);
         self.publish(&connected.js, dead, &copy).await?;
         lock.stop_keepalive();
-        lock.message
-            .double_ack_with(AckKind::Term)
-            .await
-            .map_err(|e| self.error("terminate a message", e))?;
+        self.within(
+            "terminate a message",
+            lock.message.double_ack_with(AckKind::Term),
+        )
+        .await?;
         self.base.dead_lettered(envelope);
         Ok(())
     }
@@ -226,7 +265,12 @@ impl JetStreamMessageQueue {
             self.name().to_owned(),
         );
         self.fetches.spawn(async move {
-            let fetched = fetch_one(&consumer, wait).await;
+            // A client that lost its connection may never answer a request without expiry.
+            let limit = wait + FETCH_SLACK + Duration::from_secs(1);
+            let fetched = match tokio::time::timeout(limit, fetch_one(&consumer, wait)).await {
+                Ok(fetched) => fetched,
+                Err(_) => Ok(None),
+            };
             if let Err(Ok(Some(message))) = answer.send(fetched) {
                 // Nobody waits for it any more.
                 release(&js, &subject, message).await;
@@ -277,6 +321,9 @@ impl Drop for PendingFetch {
         let Some(mut answered) = self.answered.take() else {
             return;
         };
+        // Closed first: a message is then either in the channel, or refused to its sender
+        // (which puts it back), never dropped with the channel.
+        answered.close();
         if let Ok(Ok(Some(message))) = answered.try_recv() {
             let (js, subject) = (self.js.clone(), std::mem::take(&mut self.subject));
             if tokio::runtime::Handle::try_current().is_ok() {
@@ -322,17 +369,35 @@ fn deliveries(message: &jetstream::Message) -> u32 {
 /// `AckWait` runs out (counted).
 async fn release(js: &jetstream::Context, subject: &str, message: jetstream::Message) {
     let earlier = deliveries(&message).saturating_sub(1);
-    let mut headers = message.headers.clone().unwrap_or_default();
+    // The copy keeps the peer's headers, but not the server's own (`Nats-Msg-Id` would make
+    // it a duplicate that is not stored, `Nats-Expected-*` a refused publish).
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(original) = &message.headers {
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            if name.to_ascii_lowercase().starts_with("nats-") || name == wire::EARLIER_DELIVERIES {
+                continue;
+            }
+            for value in values {
+                headers.append(name, value.as_str());
+            }
+        }
+    }
     headers.insert(wire::EARLIER_DELIVERIES, earlier.to_string().as_str());
-    let published = match js
-        .publish_with_headers(subject.to_owned(), headers, message.payload.clone())
-        .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
+    let stored = async {
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, message.payload.clone())
+            .await
+            .ok()?;
+        ack.await.ok().filter(|ack| !ack.duplicate)
     };
-    if published {
-        let _ = message.double_ack_with(AckKind::Term).await;
+    if tokio::time::timeout(RELEASE_TIMEOUT, stored)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        let _ = tokio::time::timeout(RELEASE_TIMEOUT, message.double_ack_with(AckKind::Term)).await;
     }
 }
 
@@ -371,24 +436,26 @@ impl MessageQueue for JetStreamMessageQueue {
             .options()
             .lock_timeout
             .min(Duration::from_secs(24 * 3600));
-        let consumer = stream
-            .get_or_create_consumer(
-                CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(CONSUMER.to_owned()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait,
-                    max_deliver: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| self.error("create the consumer", e))?;
+        let create = stream.get_or_create_consumer(
+            CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            },
+        );
+        let consumer: consumer::PullConsumer = self.within("create the consumer", create).await?;
+        // The consumer may be older than this queue, made with another lock timeout: its
+        // `AckWait` is what renewals must keep up with.
+        let ack_wait = consumer.cached_info().config.ack_wait;
         *self.state.lock() = Some(Connected {
             client,
             js,
             stream,
             consumer,
+            ack_wait,
         });
         self.base.set_open(true);
         self.base.changed(correlation_id, "Opened");
@@ -416,11 +483,9 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn read_message_count(&self) -> Result<usize> {
         let connected = self.connected()?;
-        let info = connected
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| self.error("read the consumer", e))?;
+        let info = self
+            .within("read the consumer", connected.consumer.get_info())
+            .await?;
         Ok(usize::try_from(info.num_pending).unwrap_or(usize::MAX))
     }
 
@@ -442,26 +507,30 @@ impl MessageQueue for JetStreamMessageQueue {
         message_count: usize,
     ) -> Result<Vec<MessageEnvelope>> {
         let connected = self.connected()?;
-        let info = connected
-            .consumer
-            .get_info()
-            .await
-            .map_err(|e| self.error("read the consumer", e))?;
+        let info = self
+            .within("read the consumer", connected.consumer.get_info())
+            .await?;
         let mut stream = connected.stream.clone();
-        let last = stream
-            .info()
-            .await
-            .map_err(|e| self.error("read the stream", e))?
+        let last = self
+            .within("read the stream", stream.info())
+            .await?
             .state
             .last_sequence;
         let mut peeked = Vec::new();
         let mut sequence = info.delivered.stream_sequence + 1;
         while peeked.len() < message_count && sequence <= last {
-            if let Ok(raw) = connected.stream.get_raw_message(sequence).await {
-                let mut envelope =
-                    wire::envelope(Some(&raw.headers), raw.payload, chrono::Utc::now());
-                envelope.set_delivery_count(0);
-                peeked.push(envelope);
+            let get = connected.stream.get_raw_message(sequence);
+            match tokio::time::timeout(self.config.connect_timeout, get).await {
+                Ok(Ok(raw)) => {
+                    let mut envelope =
+                        wire::envelope(Some(&raw.headers), raw.payload, chrono::Utc::now());
+                    envelope.set_delivery_count(0);
+                    peeked.push(envelope);
+                }
+                // Acknowledged (deleted) since: a gap in the stream.
+                Ok(Err(e)) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Ok(Err(e)) => return Err(self.error("peek", e)),
+                Err(_) => return Err(self.timed_out("peek")),
             }
             sequence += 1;
         }
@@ -514,31 +583,32 @@ impl MessageQueue for JetStreamMessageQueue {
         if message.lock_token().is_some_and(LockToken::is_settled) {
             return Ok(());
         }
+        let ack_wait = self.connected()?.ack_wait;
         lock.stop_keepalive();
-        let ack_wait = self.base.options().lock_timeout;
+        self.within("renew a lock", lock.message.ack_with(AckKind::Progress))
+            .await?;
         if lock_timeout > ack_wait {
-            // In progress until `lock_timeout` from now: one `+WPI` every half `AckWait`.
+            // In progress until `lock_timeout` from now: one more `+WPI` every half `AckWait`.
             let stop = CancellationToken::new();
             let until = deadline_after(tokio::time::Instant::now(), lock_timeout - ack_wait);
             let (message, stopped) = (lock.message.clone(), stop.clone());
+            let every = (ack_wait / 2).max(Duration::from_millis(10));
+            if let Some(older) = lock.keepalive.lock().replace(stop) {
+                older.cancel();
+            }
             tokio::spawn(async move {
-                let every = ack_wait / 2;
-                while tokio::time::Instant::now() < until {
-                    if message.ack_with(AckKind::Progress).await.is_err() {
-                        return;
-                    }
+                loop {
                     tokio::select! {
                         () = stopped.cancelled() => return,
-                        () = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
+                        () = tokio::time::sleep(every) => {}
+                    }
+                    if tokio::time::Instant::now() >= until
+                        || message.ack_with(AckKind::Progress).await.is_err()
+                    {
+                        return;
                     }
                 }
             });
-            *lock.keepalive.lock() = Some(stop);
-        } else {
-            lock.message
-                .ack_with(AckKind::Progress)
-                .await
-                .map_err(|e| self.error("renew a lock", e))?;
         }
         self.base.settled(Settled::RenewedLock, message);
         Ok(())
@@ -553,10 +623,8 @@ impl MessageQueue for JetStreamMessageQueue {
             return Ok(());
         }
         lock.stop_keepalive();
-        lock.message
-            .double_ack()
-            .await
-            .map_err(|e| self.error("acknowledge", e))?;
+        self.within("acknowledge", lock.message.double_ack())
+            .await?;
         token.settle();
         self.base.settled(Settled::Completed, message);
         Ok(())
@@ -575,10 +643,11 @@ impl MessageQueue for JetStreamMessageQueue {
             let connected = self.connected()?;
             self.bury(&connected, message, lock).await?;
         } else {
-            lock.message
-                .double_ack_with(AckKind::Nak(None))
-                .await
-                .map_err(|e| self.error("give a message back", e))?;
+            self.within(
+                "give a message back",
+                lock.message.double_ack_with(AckKind::Nak(None)),
+            )
+            .await?;
         }
         token.settle();
         self.base.settled(Settled::Abandoned, message);
@@ -617,11 +686,8 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         let connected = self.connected()?;
-        connected
-            .stream
-            .purge()
-            .await
-            .map_err(|e| self.error("purge the stream", e))?;
+        self.within("purge the stream", connected.stream.purge().into_future())
+            .await?;
         self.base.changed(correlation_id, "Cleared");
         Ok(())
     }

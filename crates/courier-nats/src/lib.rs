@@ -3,8 +3,9 @@
 //! Two modes, chosen by the `jetstream` option:
 //!
 //! * **JetStream** (`nats://HOST:PORT/NAME`, the default): a durable queue, at least once,
-//!   with server-side locks (`AckWait` = `lock_timeout`), delivery counts, dead letters in
-//!   `<name>.dlq`, and peek without consuming. See [`JetStreamMessageQueue`].
+//!   with server-side locks (the consumer's `AckWait`, set from `lock_timeout` by the first
+//!   queue that creates it), delivery counts, dead letters in `<name>.dlq` (or
+//!   `options.dead_letter_queue`), and peek without consuming. See [`JetStreamMessageQueue`].
 //! * **Core NATS** (`nats://HOST:PORT/SUBJECT?jetstream=false`): what pip-services' NATS queues
 //!   do, wire-compatible with them (see [`wire`]). Delivery is **at most once**: a message
 //!   published while no queue is subscribed is lost, and one the queue holds dies with the
@@ -34,18 +35,20 @@
 //! # Configuration
 //!
 //! `nats://HOST:PORT/NAME?options` (`tls://` or `tls=true` for TLS; port 4222 by default;
-//! `nats://USER:PASSWORD@…` or `credential.token` for authentication). The name is the subject
+//! `nats://USER:PASSWORD@…`, or a token as `token=` or `credential.token`, for authentication;
+//! a user without a password is refused rather than guessed to be a token). The name is the subject
 //! `send` publishes to. With [`ConfigParams`]: `queue` or `name`, `connection.*` or several
 //! `connections.N.host|port`, `credential.username|password|token`, and `options.*`:
 //!
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `jetstream` | `true` | JetStream (durable, at least once) or core NATS (at most once) |
-//! | `subject` (`topic`) | the name | the subject a core queue subscribes to |
-//! | `queue_group` (`group`) | none | the NATS queue group a core queue subscribes in |
+//! | `subject` (`topic`) | the name | core NATS: the subject the queue subscribes to |
+//! | `queue_group` (`group`) | none | core NATS: the queue group it subscribes in |
+//! | `token` | none | token authentication (hidden like a password) |
 //! | `client_id` | `courier <name>` | the connection's name |
 //! | `tls` | `false` | require TLS |
-//! | `retry_connect` | `true` | reconnect a lost connection |
+//! | `retry_connect` | `true` | reconnect a lost connection (false: one attempt per server) |
 //! | `max_reconnect` | unlimited | how many reconnect attempts |
 //! | `reconnect_timeout` | 100 ms doubling to 10 s | the wait between reconnect attempts (ms) |
 //! | `flush_timeout` | | pip-services' option: accepted, unused |
