@@ -194,6 +194,13 @@ impl JetStreamMessageQueue {
         message.lock_token()?.downcast_ref::<JsLock>()
     }
 
+    /// The lock of a received message and its token, unless it is unknown or settled already
+    /// (settling it again is a no-op).
+    fn held(message: &MessageEnvelope) -> Option<(&JsLock, &LockToken)> {
+        let token = message.lock_token().filter(|t| !t.is_settled())?;
+        Some((token.downcast_ref::<JsLock>()?, token))
+    }
+
     /// Publishes `envelope` on `subject` and waits for JetStream's acknowledgement, for up
     /// to `connect_timeout`.
     async fn publish(
@@ -616,12 +623,9 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+        let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
-        if token.is_settled() {
-            return Ok(());
-        }
         lock.stop_keepalive();
         self.within("acknowledge", lock.message.double_ack())
             .await?;
@@ -632,12 +636,9 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn abandon(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+        let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
-        if token.is_settled() {
-            return Ok(());
-        }
         lock.stop_keepalive();
         if self.base.is_spent(message.delivery_count()) {
             let connected = self.connected()?;
@@ -656,12 +657,9 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        let (Some(lock), Some(token)) = (Self::lock_of(message), message.lock_token()) else {
+        let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
-        if token.is_settled() {
-            return Ok(());
-        }
         let connected = self.connected()?;
         self.bury(&connected, message, lock).await?;
         token.settle();

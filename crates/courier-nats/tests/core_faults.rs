@@ -6,34 +6,16 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use courier_conformance::fault::FaultProxy;
 use courier_conformance::unique_name;
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
-
-async fn proxied() -> Option<(FaultProxy, String)> {
-    let url = support::reachable().await?;
-    let host_port = url
-        .trim_start_matches("nats://")
-        .trim_end_matches('/')
-        .to_owned();
-    let upstream: SocketAddr = tokio::net::lookup_host(host_port)
-        .await
-        .expect("the server's address")
-        .next()
-        .expect("an address");
-    let proxy = FaultProxy::start(upstream).await.expect("a proxy");
-    let url = format!("nats://{}", proxy.addr());
-    Some((proxy, url))
-}
 
 /// Cuts every connection three times: the client reconnects and resubscribes by itself, and
 /// messages published once it is back are received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_comes_back_after_cuts() {
-    let Some((proxy, url)) = proxied().await else {
+    let Some((proxy, url)) = support::proxied().await else {
         return;
     };
     let name = unique_name("fault");
@@ -80,7 +62,7 @@ async fn the_queue_comes_back_after_cuts() {
 /// answers, fails with `Connection` within `connect_timeout` (1 s).
 #[tokio::test]
 async fn open_fails_within_connect_timeout() {
-    let Some((proxy, url)) = proxied().await else {
+    let Some((proxy, url)) = support::proxied().await else {
         return;
     };
     let closed_port = {

@@ -6,29 +6,11 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_conformance::fault::FaultProxy;
 use courier_conformance::{outages, unique_name};
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
-
-async fn proxied() -> Option<(FaultProxy, String)> {
-    let url = support::reachable().await?;
-    let host_port = url
-        .trim_start_matches("nats://")
-        .trim_end_matches('/')
-        .to_owned();
-    let upstream: SocketAddr = tokio::net::lookup_host(host_port)
-        .await
-        .expect("the server's address")
-        .next()
-        .expect("an address");
-    let proxy = FaultProxy::start(upstream).await.expect("a proxy");
-    let url = format!("nats://{}", proxy.addr());
-    Some((proxy, url))
-}
 
 async fn open(url: &str, name: &str, options: &[(&str, &str)]) -> Arc<dyn MessageQueue> {
     let queue = courier_nats::from_uri(&support::queue_url(url, name, options)).unwrap();
@@ -38,7 +20,7 @@ async fn open(url: &str, name: &str, options: &[(&str, &str)]) -> Arc<dyn Messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cuts_under_two_producers_and_two_consumers_lose_nothing() {
-    let Some((proxy, url)) = proxied().await else {
+    let Some((proxy, url)) = support::proxied().await else {
         return;
     };
     let name = unique_name("fault");
@@ -106,7 +88,7 @@ async fn a_message_held_by_a_dead_consumer_comes_back_after_ack_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_during_an_outage_fail_or_land() {
-    let Some((proxy, url)) = proxied().await else {
+    let Some((proxy, url)) = support::proxied().await else {
         return;
     };
     let name = unique_name("fault");

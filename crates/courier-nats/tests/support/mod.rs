@@ -146,3 +146,22 @@ impl Harness for JetStreamHarness {
         courier_nats::from_uri(&queue_url(&self.url, name, options))
     }
 }
+
+/// A fault proxy in front of the server, and the server's URL through it.
+pub async fn proxied() -> Option<(courier_conformance::fault::FaultProxy, String)> {
+    let url = reachable().await?;
+    let host_port = url
+        .trim_start_matches("nats://")
+        .trim_end_matches('/')
+        .to_owned();
+    let upstream = tokio::net::lookup_host(host_port)
+        .await
+        .expect("the server's address")
+        .next()
+        .expect("an address");
+    let proxy = courier_conformance::fault::FaultProxy::start(upstream)
+        .await
+        .expect("a proxy");
+    let url = format!("nats://{}", proxy.addr());
+    Some((proxy, url))
+}
