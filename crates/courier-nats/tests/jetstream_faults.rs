@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use courier_conformance::{outages, unique_name};
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
+use futures::FutureExt as _;
 
 async fn open(url: &str, name: &str, options: &[(&str, &str)]) -> Arc<dyn MessageQueue> {
     let queue = courier_nats::from_uri(&support::queue_url(url, name, options)).unwrap();
@@ -157,6 +158,62 @@ async fn foreign_messages_are_delivered_with_generated_values() {
         assert_eq!(m.delivery_count(), 1);
         queue.complete(&m).await.unwrap();
     }
+    queue.close(None).await.unwrap();
+    support::delete_streams(&url, &[name]);
+}
+
+/// A `receive` dropped while its fetch is under way uses up no delivery, also for a message
+/// a foreign producer published with `Nats-Msg-Id` (deduplication): the copy put back is
+/// stored, and arrives as a first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_receive_puts_back_a_deduplicated_message() {
+    let Some(url) = support::reachable().await else {
+        return;
+    };
+    let name = unique_name("dropped");
+    let queue = open(&url, &name, &[("max_deliveries", "1")]).await;
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut dropped = 0;
+    for attempt in 0..40 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("dedup-{attempt}").as_str());
+        headers.insert("message_id", format!("m-{attempt}").as_str());
+        js.publish_with_headers(name.clone(), headers, "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // Polled once, then dropped: its fetch is under way in a task by then.
+        let early = queue.receive(None, Duration::from_secs(5)).now_or_never();
+        let m = match early {
+            Some(received) => received.unwrap().expect("the message"),
+            None => {
+                dropped += 1;
+                queue
+                    .receive(None, Duration::from_secs(5))
+                    .await
+                    .unwrap()
+                    .expect("the message was put back")
+            }
+        };
+        assert_eq!(m.message_id, format!("m-{attempt}"));
+        assert_eq!(
+            m.delivery_count(),
+            1,
+            "the dropped receive used up a delivery"
+        );
+        queue.complete(&m).await.unwrap();
+    }
+    assert!(dropped > 0, "no receive was dropped while fetching");
+    let dead = open(&url, &format!("{name}.dlq"), &[]).await;
+    assert!(
+        dead.receive(None, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    dead.close(None).await.unwrap();
     queue.close(None).await.unwrap();
     support::delete_streams(&url, &[name]);
 }
