@@ -185,6 +185,26 @@ pub fn skip_or_fail<T>(backend: &str, reason: &str) -> Option<T> {
     None
 }
 
+/// Whether `python3` can import `module` (an interop peer's client library); if it cannot,
+/// [`skip_or_fail`] for `backend` and `false`.
+///
+/// # Panics
+///
+/// When `backend` is required (`COURIER_TEST_REQUIRE`) and the module is missing.
+pub fn python_module_or_skip(module: &str, backend: &str) -> bool {
+    let present = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        let _: Option<()> = skip_or_fail(
+            backend,
+            &format!("the Python module `{module}` is not installed (bash .ci/run installs it)"),
+        );
+    }
+    present
+}
+
 /// The runtime a check runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -11,26 +11,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use courier_conformance::{skip_or_fail, unique_name};
+use courier_conformance::unique_name;
 use courier_core::{MessageEnvelope, MessageQueue};
 use serde_json::{Value, json};
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/python/nats_peer.py")
-}
-
-fn peer_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import nats"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let _: Option<()> = skip_or_fail(
-            "nats-interop",
-            "nats-py is not installed (bash .ci/run installs it)",
-        );
-    }
-    ok
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -41,7 +27,7 @@ fn b64(bytes: &[u8]) -> String {
 /// An open core queue on subject `name`, and the server's URL.
 async fn core_queue(name: &str) -> Option<(std::sync::Arc<dyn MessageQueue>, String)> {
     let url = support::reachable().await?;
-    if !peer_available() {
+    if !courier_conformance::python_module_or_skip("nats", "nats-interop") {
         return None;
     }
     let queue =

@@ -141,14 +141,15 @@ impl Shared {
     /// Puts back a delivery the queue never handed out, without counting a delivery: a copy
     /// that carries the original's count goes to the queue, then the original is
     /// acknowledged. If the copy cannot be published, the delivery is requeued (counted).
-    async fn release(&self, message: &MessageEnvelope, handle: RabbitMqDelivery) -> Result<()> {
+    /// `payload` is the message's body, `earlier` its deliveries before this one.
+    async fn release(&self, payload: &[u8], earlier: u32, handle: RabbitMqDelivery) -> Result<()> {
         if !handle.acker.usable() {
             // Its channel died: RabbitMQ delivers it again by itself.
             return Ok(());
         }
-        let properties = handle.copy_properties(Some(message.delivery_count()));
+        let properties = handle.copy_properties(Some(earlier));
         let queue = self.config().queue.clone();
-        if let Err(e) = self.publish("", &queue, &message.message, properties).await {
+        if let Err(e) = self.publish("", &queue, payload, properties).await {
             requeue(self.config(), &handle).await;
             return Err(e);
         }
@@ -404,7 +405,9 @@ impl PushBroker for RabbitMqBroker {
     }
 
     async fn release(&self, message: &MessageEnvelope, handle: RabbitMqDelivery) -> Result<()> {
-        self.shared.release(message, handle).await
+        self.shared
+            .release(&message.message, message.delivery_count(), handle)
+            .await
     }
 
     // Publishes a copy to the dead-letter queue (confirmed), then acknowledges the delivery:
@@ -570,11 +573,13 @@ async fn push_all(
             None => return None,
         };
         let (envelope, handle) = received(delivery);
+        // Kept for a refused push: the body (shared, not copied) and the count.
+        let (payload, earlier) = (envelope.message.clone(), envelope.delivery_count());
         // Not raced with `stop`: a cancelled push would drop the delivery, to be given back
         // counted. A push waiting for credits ends when the queue ends the subscription,
         // which it does before it stops the consumer.
-        if let Err(Closed(handle)) = sink.push(envelope.clone(), handle).await {
-            let _ = shared.release(&envelope, handle).await;
+        if let Err(Closed(handle)) = sink.push(envelope, handle).await {
+            let _ = shared.release(&payload, earlier, handle).await;
             break;
         }
     }
@@ -585,7 +590,9 @@ async fn push_all(
         let drain = async {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let (envelope, handle) = received(delivery);
-                let _ = shared.release(&envelope, handle).await;
+                let _ = shared
+                    .release(&envelope.message, envelope.delivery_count(), handle)
+                    .await;
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;

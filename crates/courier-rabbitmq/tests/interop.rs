@@ -14,27 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use courier_conformance::{TestMessageReceiver, skip_or_fail, unique_name};
+use courier_conformance::{TestMessageReceiver, unique_name};
 use courier_core::{MessageEnvelope, MessageQueue, MessageQueueExt};
 use serde_json::{Value, json};
 
 fn peer_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/python/amqp_peer.py")
-}
-
-/// Whether pika is installed; if not, `skip_or_fail`.
-fn peer_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pika"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let _: Option<()> = skip_or_fail(
-            "rabbitmq-interop",
-            "pika is not installed (bash .ci/run installs it)",
-        );
-    }
-    ok
 }
 
 /// Runs the peer with `args`, feeding `input`; returns its stdout.
@@ -82,7 +67,7 @@ fn b64(bytes: &[u8]) -> String {
 /// Opens a fresh courier queue on the broker; with the broker's URL.
 async fn queue(options: &[(&str, &str)]) -> Option<(Arc<dyn MessageQueue>, String, String)> {
     let url = support::reachable().await?;
-    if !peer_available() {
+    if !courier_conformance::python_module_or_skip("pika", "rabbitmq-interop") {
         return None;
     }
     let name = unique_name("interop");

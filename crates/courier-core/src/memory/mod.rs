@@ -136,16 +136,19 @@ impl MemoryMessageQueue {
     /// `max_deliveries`), and, when `broker_redelivers`, expired locks are kept for
     /// [`take_expired`](Self::take_expired) instead of being made ready again.
     pub(crate) fn buffer(name: &str, options: QueueOptions, broker_redelivers: bool) -> Self {
-        let mut queue = Self::from_base(QueueBase::new(BACKEND, name, options), false);
-        if broker_redelivers {
-            Arc::get_mut(&mut queue.inner)
-                .expect("a queue just made has no other owner")
-                .expired = Some(Mutex::new(Vec::new()));
-        }
-        queue
+        Self::made(
+            QueueBase::new(BACKEND, name, options),
+            false,
+            broker_redelivers,
+        )
     }
 
     fn from_base(base: QueueBase, shared: bool) -> Self {
+        Self::made(base, shared, false)
+    }
+
+    /// A queue; `keep_expired` keeps expired locks' messages for the push layer.
+    fn made(base: QueueBase, shared: bool, keep_expired: bool) -> Self {
         MemoryMessageQueue {
             inner: Arc::new(Inner {
                 id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
@@ -160,7 +163,7 @@ impl MemoryMessageQueue {
                 room: Notify::new(),
                 dead_letters: OnceLock::new(),
                 shared,
-                expired: None,
+                expired: keep_expired.then(|| Mutex::new(Vec::new())),
             }),
         }
     }
