@@ -587,15 +587,15 @@ async fn push_all(
     let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
     let cancelled = answer(shared.config(), "cancel the consumer", cancel).await;
     if cancelled.is_ok() {
-        let drain = async {
-            while let Some(Ok(delivery)) = consumer.next().await {
-                let (envelope, handle) = received(delivery);
-                let _ = shared
-                    .release(&envelope.message, envelope.delivery_count(), handle)
-                    .await;
-            }
-        };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+        // Only the wait for the next delivery is bounded: a release cut short between its copy
+        // and its acknowledgement would leave the message twice in the queue.
+        let next = std::time::Duration::from_secs(1);
+        while let Ok(Some(Ok(delivery))) = tokio::time::timeout(next, consumer.next()).await {
+            let (envelope, handle) = received(delivery);
+            let _ = shared
+                .release(&envelope.message, envelope.delivery_count(), handle)
+                .await;
+        }
     }
     Some(true)
 }
