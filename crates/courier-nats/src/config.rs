@@ -8,8 +8,9 @@ use courier_core::backend::{CredentialParams, OPTION_KEYS, QueueBase, check_know
 use courier_core::{ConfigParams, Error, Result};
 
 /// The options of this backend, besides the shared [`OPTION_KEYS`] (without `options.`).
-pub const NATS_OPTION_KEYS: [&str; 12] = [
+pub const NATS_OPTION_KEYS: [&str; 16] = [
     "jetstream",
+    "stream",
     "subject",
     "topic",
     "queue_group",
@@ -17,6 +18,9 @@ pub const NATS_OPTION_KEYS: [&str; 12] = [
     "client_id",
     "token",
     "tls",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
     "retry_connect",
     "max_reconnect",
     "reconnect_timeout",
@@ -31,8 +35,16 @@ pub struct NatsConfig {
     pub servers: Vec<String>,
     /// TLS required (`tls://` or `tls=true`).
     pub tls: bool,
+    /// PEM root certificates to trust instead of the system's (`tls_ca_file`).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key, PEM (`tls_cert_file`, `tls_key_file`), for servers
+    /// that verify clients.
+    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// JetStream (durable, at least once) rather than core NATS (at most once).
     pub jetstream: bool,
+    /// JetStream: the stream this queue shares with others (`stream`), which holds its
+    /// subject among several; `None` for a stream of its own ([`stream_name`](crate::stream_name)).
+    pub stream: Option<String>,
     /// The subject `send` publishes to: the queue's name.
     pub subject: String,
     /// The subject a core queue subscribes to (`subject` or `topic`; default the name).
@@ -106,10 +118,48 @@ impl NatsConfig {
                 "a user without a password: give user:password, or a token as `token=` or credential.token",
             ));
         }
+        let file = |key: &str| -> Result<Option<std::path::PathBuf>> {
+            let Some(path) = text(&[key]) else {
+                return Ok(None);
+            };
+            let path = std::path::PathBuf::from(path);
+            if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err(Error::config(
+                    &format!("options.{key}"),
+                    format!("no file at {}", path.display()),
+                ))
+            }
+        };
+        let tls_client = match (file("tls_cert_file")?, file("tls_key_file")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "options.tls_key_file",
+                    "is required with tls_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "options.tls_cert_file",
+                    "is required with tls_key_file",
+                ));
+            }
+        };
+        let tls_ca_file = file("tls_ca_file")?;
+        let tls = tls_scheme
+            || config.get_as_bool("options.tls")?.unwrap_or(false)
+            || tls_ca_file.is_some()
+            || tls_client.is_some();
         Ok(NatsConfig {
             servers: servers(config)?,
-            tls: tls_scheme || config.get_as_bool("options.tls")?.unwrap_or(false),
+            tls,
+            tls_ca_file,
+            tls_client,
             jetstream: config.get_as_bool("options.jetstream")?.unwrap_or(true),
+            stream: text(&["stream"]).map(checked_stream_name).transpose()?,
             subscribe_subject: text(&["subject", "topic"]).unwrap_or_else(|| subject.clone()),
             subject,
             queue_group: text(&["queue_group", "group"]),
@@ -144,6 +194,12 @@ impl NatsConfig {
                     .clone()
                     .unwrap_or_else(|| format!("courier {}", self.subject)),
             );
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
         if let Some(token) = &self.token {
             options = options.token(token.clone());
         } else if let (Some(user), Some(password)) =
@@ -180,6 +236,7 @@ impl fmt::Debug for NatsConfig {
             .field("address", &self.address())
             .field("user", &self.credential.username)
             .field("jetstream", &self.jetstream)
+            .field("stream", &self.stream)
             .field("subject", &self.subject)
             .field("subscribe_subject", &self.subscribe_subject)
             .field("queue_group", &self.queue_group)
@@ -220,6 +277,20 @@ fn servers(config: &ConfigParams) -> Result<Vec<String>> {
     Ok(servers)
 }
 
+/// A stream name as JetStream takes it: no `.`, `*`, `>`, path separators or white space.
+fn checked_stream_name(name: String) -> Result<String> {
+    match name
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '>' | '/' | '\\') || c.is_whitespace() || c.is_control())
+    {
+        Some(c) => Err(Error::config(
+            "options.stream",
+            format!("a JetStream stream name cannot hold {c:?}"),
+        )),
+        None => Ok(name),
+    }
+}
+
 fn port_error(key: &str) -> Error {
     Error::config(key, "expected a port number")
 }
@@ -246,6 +317,32 @@ mod tests {
         ]);
         assert_eq!(c.address(), "tls://a:4222,tls://b:4443");
         assert!(c.tls);
+    }
+
+    #[test]
+    fn a_shared_stream_name_is_checked() {
+        let c = config(&[
+            ("queue", "q"),
+            ("connection.host", "h"),
+            ("options.stream", "ORDERS"),
+        ]);
+        assert_eq!(c.stream.as_deref(), Some("ORDERS"));
+        assert_eq!(
+            config(&[("queue", "q"), ("connection.host", "h")]).stream,
+            None
+        );
+        for bad in ["A.B", "A*", "A>", "A B", "A/B"] {
+            let pairs = [
+                ("queue", "q"),
+                ("connection.host", "h"),
+                ("options.stream", bad),
+            ];
+            let config = ConfigParams::from_tuples(pairs.iter().copied());
+            let base = QueueBase::from_config("nats", &config, None).unwrap();
+            let e = NatsConfig::from_config(&config, &base).unwrap_err();
+            assert_eq!(e.kind(), courier_core::ErrorKind::Config, "{bad}");
+            assert!(e.to_string().contains("options.stream"), "{e}");
+        }
     }
 
     #[test]

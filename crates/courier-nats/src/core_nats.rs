@@ -107,15 +107,21 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => {
-            let kind = match e.kind() {
+            let (kind, hint) = match e.kind() {
                 async_nats::ConnectErrorKind::Authentication
-                | async_nats::ConnectErrorKind::AuthorizationViolation
-                | async_nats::ConnectErrorKind::Tls => ErrorKind::Config,
-                _ => ErrorKind::Connection,
+                | async_nats::ConnectErrorKind::AuthorizationViolation => {
+                    (ErrorKind::Config, ": authentication failed")
+                }
+                async_nats::ConnectErrorKind::Tls => (ErrorKind::Config, ": TLS is misconfigured"),
+                _ if refused_handshake(&e) => (
+                    ErrorKind::Config,
+                    ": the TLS handshake failed (an untrusted server certificate? see options.tls_ca_file)",
+                ),
+                _ => (ErrorKind::Connection, ""),
             };
             Err(Error::new(
                 kind,
-                format!("cannot connect to NATS at {}", config.address()),
+                format!("cannot connect to NATS at {}{hint}", config.address()),
             )
             .with_source(e)
             .with_backend(BACKEND)
@@ -127,6 +133,22 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
             config.connect_timeout
         ))),
     }
+}
+
+/// Whether a connect failed in the TLS handshake (rustls reports a refused certificate as
+/// invalid data on the socket): retrying will not help, the configuration must change.
+fn refused_handshake(e: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 #[async_trait]

@@ -3,6 +3,15 @@
 //! * One work-queue stream per queue (named from the queue, see [`stream_name`]) on the
 //!   queue's subject, and one durable pull consumer, `courier`, shared by every process of the
 //!   queue. The first `open` creates both; later ones use them as they are.
+//! * Or, with `options.stream`, one stream for several queues: each queue is a subject of
+//!   that stream, with a durable consumer of its own (`courier-` and the escaped name, see
+//!   [`consumer_name`]) filtered on its subject; peek, count and `clear` see that subject only.
+//!   A missing stream is created as a work queue on the queue's subject; an existing one is
+//!   used as it is if one of its subjects covers the queue's (`orders.>` covers `orders.eu`),
+//!   else the queue's subject is added to it. Adding is a read-then-update of the stream's
+//!   subject list: queues first opened at the same moment on one stream can undo each other's
+//!   additions (their sends then fail, nothing is lost), so give a stream many queues share a
+//!   wildcard subject when you create it.
 //! * `receive` fetches one message; its lock is the consumer's `AckWait`: the `lock_timeout`
 //!   of the queue that created the consumer (a later queue with another one uses it as it
 //!   is; renewals follow the consumer's). `complete` acknowledges,
@@ -20,7 +29,7 @@
 //! * `peek` and `peek_batch` read messages not yet delivered, without consuming them;
 //!   `read_message_count` is the consumer's count of messages not yet delivered
 //!   (`num_pending`), so locked messages and those waiting for redelivery are not counted.
-//!   `clear` purges the stream (locked messages included).
+//!   `clear` purges the queue's subject from the stream (locked messages included).
 
 use std::fmt;
 use std::sync::Arc;
@@ -57,15 +66,45 @@ const FETCH_GRACE: Duration = Duration::from_secs(2);
 /// than ASCII letters, digits and `-` written as `_` and its hexadecimal code (stream names
 /// cannot hold `.`, `*`, `>` or spaces).
 pub fn stream_name(name: &str) -> String {
-    let mut stream = String::from("COURIER_");
+    escaped("COURIER_", name)
+}
+
+/// The durable consumer of queue `name`: [`CONSUMER`] on a stream of its own, else (on a stream
+/// shared with other queues, `shared`) `courier-` and the name escaped as in [`stream_name`].
+pub fn consumer_name(name: &str, shared: bool) -> String {
+    if shared {
+        escaped("courier-", name)
+    } else {
+        CONSUMER.to_owned()
+    }
+}
+
+/// `prefix`, then `name` with every character other than ASCII letters, digits and `-` written
+/// as `_` and its hexadecimal code.
+fn escaped(prefix: &str, name: &str) -> String {
+    let mut escaped = String::from(prefix);
     for c in name.chars() {
         if c.is_ascii_alphanumeric() || c == '-' {
-            stream.push(c);
+            escaped.push(c);
         } else {
-            stream.push_str(&format!("_{:X}", u32::from(c)));
+            escaped.push_str(&format!("_{:X}", u32::from(c)));
         }
     }
-    stream
+    escaped
+}
+
+/// Whether the NATS subject pattern `pattern` (`*` one token, `>` the rest) covers `subject`.
+fn covers(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
 }
 
 /// A durable NATS JetStream queue.
@@ -151,16 +190,50 @@ impl JetStreamMessageQueue {
         .with_queue(self.name())
     }
 
-    /// The stream of `name` (on subject `name`), created if missing.
+    /// The stream that holds subject `name` (this queue's or its dead-letter queue's): its
+    /// own, or the shared `options.stream`, created if missing, given the subject if none of
+    /// its subjects covers it.
     async fn stream(&self, js: &jetstream::Context, name: &str) -> Result<stream::Stream> {
+        let stream = self
+            .config
+            .stream
+            .clone()
+            .unwrap_or_else(|| stream_name(name));
         let create = js.get_or_create_stream(stream::Config {
-            name: stream_name(name),
+            name: stream.clone(),
             subjects: vec![name.to_owned()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             ..Default::default()
         });
-        self.within("create the stream", create).await
+        let found = self.within("create the stream", create).await?;
+        let held = |found: &stream::Stream| {
+            let subjects = &found.cached_info().config.subjects;
+            subjects.iter().any(|pattern| covers(pattern, name))
+        };
+        if held(&found) {
+            return Ok(found);
+        }
+        let mut config = found.cached_info().config.clone();
+        config.subjects.push(name.to_owned());
+        self.within("add the subject to the stream", js.update_stream(config))
+            .await?;
+        let found = self
+            .within("read the stream", js.get_stream(stream.as_str()))
+            .await?;
+        if held(&found) {
+            Ok(found)
+        } else {
+            Err(Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "the JetStream stream {stream} at {} does not take subject {name}: another queue changed its subjects at the same time; open again",
+                    self.config.address()
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_queue(self.name()))
+        }
     }
 
     /// Waits for the server's answer to `call` (doing `what`) for up to `connect_timeout`: a
@@ -443,13 +516,15 @@ impl MessageQueue for JetStreamMessageQueue {
             .options()
             .lock_timeout
             .min(Duration::from_secs(24 * 3600));
+        let consumer = consumer_name(self.name(), self.config.stream.is_some());
         let create = stream.get_or_create_consumer(
-            CONSUMER,
+            &consumer,
             consumer::pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
+                durable_name: Some(consumer.clone()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
                 max_deliver: -1,
+                filter_subject: self.name().to_owned(),
                 ..Default::default()
             },
         );
@@ -517,29 +592,28 @@ impl MessageQueue for JetStreamMessageQueue {
         let info = self
             .within("read the consumer", connected.consumer.get_info())
             .await?;
-        let mut stream = connected.stream.clone();
-        let last = self
-            .within("read the stream", stream.info())
-            .await?
-            .state
-            .last_sequence;
         let mut peeked = Vec::new();
         let mut sequence = info.delivered.stream_sequence + 1;
-        while peeked.len() < message_count && sequence <= last {
-            let get = connected.stream.get_raw_message(sequence);
+        while peeked.len() < message_count {
+            // The first message of this queue's subject from `sequence` on.
+            let get = connected
+                .stream
+                .raw_message_builder()
+                .sequence(sequence)
+                .next_by_subject(self.name().to_owned())
+                .send();
             match tokio::time::timeout(self.config.connect_timeout, get).await {
                 Ok(Ok(raw)) => {
+                    sequence = raw.sequence + 1;
                     let mut envelope =
                         wire::envelope(Some(&raw.headers), raw.payload, chrono::Utc::now());
                     envelope.set_delivery_count(0);
                     peeked.push(envelope);
                 }
-                // Acknowledged (deleted) since: a gap in the stream.
-                Ok(Err(e)) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {}
+                Ok(Err(e)) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
                 Ok(Err(e)) => return Err(self.error("peek", e)),
                 Err(_) => return Err(self.timed_out("peek")),
             }
-            sequence += 1;
         }
         self.base.peeked(correlation_id, peeked.len());
         Ok(peeked)
@@ -684,9 +758,34 @@ impl MessageQueue for JetStreamMessageQueue {
 
     async fn clear(&self, correlation_id: Option<&str>) -> Result<()> {
         let connected = self.connected()?;
-        self.within("purge the stream", connected.stream.purge().into_future())
-            .await?;
+        let purge = connected.stream.purge().filter(self.name()).into_future();
+        self.within("purge the stream", purge).await?;
         self.base.changed(correlation_id, "Cleared");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_patterns_cover_what_nats_routes_to_them() {
+        assert!(covers("orders", "orders"));
+        assert!(covers("orders.*", "orders.eu"));
+        assert!(covers("orders.>", "orders.eu.dlq"));
+        assert!(covers("*.eu", "orders.eu"));
+        assert!(!covers("orders", "orders.eu"));
+        assert!(!covers("orders.*", "orders.eu.dlq"));
+        assert!(!covers("orders.>", "orders"));
+        assert!(!covers("orders.eu", "orders"));
+        assert!(!covers("payments.>", "orders.eu"));
+    }
+
+    #[test]
+    fn names_are_escaped_for_streams_and_consumers() {
+        assert_eq!(stream_name("a.b c"), "COURIER_a_2Eb_20c");
+        assert_eq!(consumer_name("a.b", true), "courier-a_2Eb");
+        assert_eq!(consumer_name("a.b", false), CONSUMER);
     }
 }

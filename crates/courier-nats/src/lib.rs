@@ -43,11 +43,14 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `jetstream` | `true` | JetStream (durable, at least once) or core NATS (at most once) |
+//! | `stream` | one per queue | JetStream: a stream several queues share, each on its subject (see [`JetStreamMessageQueue`]) |
 //! | `subject` (`topic`) | the name | core NATS: the subject the queue subscribes to |
 //! | `queue_group` (`group`) | none | core NATS: the queue group it subscribes in |
 //! | `token` | none | token authentication (hidden like a password) |
 //! | `client_id` | `courier <name>` | the connection's name |
 //! | `tls` | `false` | require TLS |
+//! | `tls_ca_file` | the system's roots | PEM root certificates to trust (implies `tls`) |
+//! | `tls_cert_file`, `tls_key_file` | none | PEM client certificate and key, for servers that verify clients (implies `tls`) |
 //! | `retry_connect` | `true` | reconnect a lost connection (false: one attempt per server) |
 //! | `max_reconnect` | unlimited | how many reconnect attempts |
 //! | `reconnect_timeout` | 100 ms doubling to 10 s | the wait between reconnect attempts (ms) |
@@ -62,7 +65,7 @@ pub mod wire;
 
 pub use config::{NATS_OPTION_KEYS, NatsConfig};
 pub use core_nats::CoreNatsBroker;
-pub use jetstream::{CONSUMER, JetStreamMessageQueue, stream_name};
+pub use jetstream::{CONSUMER, JetStreamMessageQueue, consumer_name, stream_name};
 
 use std::sync::Arc;
 

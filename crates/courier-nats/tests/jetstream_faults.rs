@@ -217,3 +217,48 @@ async fn a_dropped_receive_puts_back_a_deduplicated_message() {
     queue.close(None).await.unwrap();
     support::delete_streams(&url, &[name]);
 }
+
+/// A queue opened with a longer `lock_timeout` than the consumer's `AckWait` (set by the queue
+/// that created it): its renewals keep up with the consumer's real `AckWait`, so a renewed
+/// message is not delivered to anyone else before the renewal runs out.
+#[tokio::test(flavor = "current_thread")]
+async fn renewals_follow_the_ack_wait_of_an_older_consumer() {
+    let Some(url) = support::reachable().await else {
+        return;
+    };
+    let name = unique_name("ackwait");
+    let creator = open(&url, &name, &[("lock_timeout", "1000")]).await;
+    let holder = open(&url, &name, &[("lock_timeout", "30000")]).await;
+    holder
+        .send(None, MessageEnvelope::new(None, "t", "renewed"))
+        .await
+        .unwrap();
+    let held = holder
+        .receive(None, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the message");
+    holder
+        .renew_lock(&held, Duration::from_secs(4))
+        .await
+        .unwrap();
+    let early = creator
+        .receive(None, Duration::from_millis(3000))
+        .await
+        .unwrap();
+    assert!(
+        early.is_none(),
+        "delivered again while renewed: renewals ran on the queue's 30 s, not the consumer's 1 s AckWait"
+    );
+    let late = creator
+        .receive(None, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("back once the renewal ran out");
+    assert_eq!(late.delivery_count(), 2);
+    creator.complete(&late).await.unwrap();
+    for queue in [creator, holder] {
+        queue.close(None).await.unwrap();
+    }
+    support::delete_streams(&support::server_url(), &[name]);
+}

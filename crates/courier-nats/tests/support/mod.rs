@@ -147,6 +147,93 @@ impl Harness for JetStreamHarness {
     }
 }
 
+/// The stream every queue of [`SharedStreamHarness`] lives in, on subjects `courier-shared.>`.
+pub const SHARED_STREAM: &str = "COURIER_TEST_SHARED";
+
+/// The conformance harness over JetStream queues that share one stream ([`SHARED_STREAM`],
+/// created by the first harness and kept): queue `NAME` of a check is the subject
+/// `courier-shared.NAME` of that stream, beside the queues of every other check. What its
+/// queues left there is purged when it is dropped.
+pub struct SharedStreamHarness {
+    pub url: String,
+    created: parking_lot::Mutex<Vec<String>>,
+}
+
+impl SharedStreamHarness {
+    pub async fn from_env() -> Option<Self> {
+        let url = reachable().await?;
+        let client = async_nats::connect(url.as_str()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: SHARED_STREAM.to_owned(),
+            subjects: vec!["courier-shared.>".to_owned()],
+            retention: async_nats::jetstream::stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("the shared stream");
+        Some(SharedStreamHarness {
+            url,
+            created: parking_lot::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The subject of the check's queue `name`.
+    pub fn subject(name: &str) -> String {
+        format!("courier-shared.{name}")
+    }
+}
+
+impl Drop for SharedStreamHarness {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.created.lock());
+        let url = self.url.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(client) = async_nats::connect(url.as_str()).await else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                let Ok(stream) = js.get_stream(SHARED_STREAM).await else {
+                    return;
+                };
+                for name in &names {
+                    let consumer = courier_nats::consumer_name(name, true);
+                    let _ = stream.delete_consumer(&consumer).await;
+                    let _ = stream.purge().filter(name.as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[async_trait]
+impl Harness for SharedStreamHarness {
+    fn backend(&self) -> &str {
+        "nats-jetstream-shared"
+    }
+
+    fn features(&self) -> Features {
+        Features::all()
+    }
+
+    async fn create(&self, name: &str, options: &[(&str, &str)]) -> Result<Arc<dyn MessageQueue>> {
+        let subject = Self::subject(name);
+        self.created.lock().push(subject.clone());
+        self.created.lock().push(format!("{subject}.dlq"));
+        let mut options = options.to_vec();
+        options.push(("stream", SHARED_STREAM));
+        courier_nats::from_uri(&queue_url(&self.url, &subject, &options))
+    }
+}
+
 /// A fault proxy in front of the server, and the server's URL through it.
 pub async fn proxied() -> Option<(courier_conformance::fault::FaultProxy, String)> {
     let url = reachable().await?;
