@@ -22,6 +22,11 @@ pub use courier_rabbitmq as rabbitmq;
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub use courier_nats as nats;
 
+/// Durable queues on Redis Streams, with consumer groups.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use courier_redis as redis;
+
 /// Registers the URI schemes of every enabled backend with the core's registry. Every path of
 /// this crate that creates queues ([`connect`], [`create_from_uri`],
 /// [`DefaultMessagingFactory::new`], [`messaging_factory`]) calls it first, so there is no need
@@ -36,12 +41,15 @@ pub fn register_backends() {
         courier_rabbitmq::register();
         #[cfg(feature = "nats")]
         courier_nats::register();
+        #[cfg(feature = "redis")]
+        courier_redis::register();
     });
 }
 
 /// Creates and opens the queue `uri` names, on any enabled backend: `memory://NAME`, and with
 /// their features `sqlite://PATH?queue=NAME`, `postgres://…?queue=NAME`,
-/// `mysql://…?queue=NAME`, `amqp://…?queue=NAME`, `nats://…/NAME`. See [`courier_core::connect`].
+/// `mysql://…?queue=NAME`, `amqp://…?queue=NAME`, `nats://…/NAME`, `redis://…?queue=NAME`.
+/// See [`courier_core::connect`].
 ///
 /// # Errors
 ///
@@ -69,7 +77,7 @@ pub fn create_from_uri(uri: &str) -> Result<std::sync::Arc<dyn MessageQueue>> {
 
 /// The pip-services messaging factory with the descriptors of every enabled backend:
 /// `pip-services:message-queue:memory:*:1.0`, `pip-services:queue-factory:memory:*:1.0`, and with
-/// their features `pip-services:message-queue:<sqlite|postgres|mysql|rabbitmq|nats>:*:1.0`. It derefs to
+/// their features `pip-services:message-queue:<sqlite|postgres|mysql|rabbitmq|nats|redis>:*:1.0`. It derefs to
 /// [`courier_core::DefaultMessagingFactory`], whose methods it has.
 ///
 /// ```
@@ -94,6 +102,8 @@ impl DefaultMessagingFactory {
         courier_rabbitmq::register_descriptors(&mut factory);
         #[cfg(feature = "nats")]
         courier_nats::register_descriptors(&mut factory);
+        #[cfg(feature = "redis")]
+        courier_redis::register_descriptors(&mut factory);
         DefaultMessagingFactory(factory)
     }
 

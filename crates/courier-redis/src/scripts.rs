@@ -1,0 +1,211 @@
+//! The Lua scripts a queue runs on the server, each one atomic step. Every script takes the
+//! stream as `KEYS[1]` and the consumer group as `ARGV[1]`; those acting on one received
+//! entry take the consumer as `ARGV[2]`, the entry's id as `ARGV[3]` and its delivery count as
+//! `ARGV[4]`, and do nothing (returning 0) unless that consumer still holds that delivery: a
+//! lock that expired and was claimed by another consumer is not theirs to settle.
+//!
+//! Redis runs scripts with `EVALSHA`, loading them again after a restart.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Whether consumer `ARGV[2]` holds entry `ARGV[3]` in its `ARGV[4]`th delivery.
+const OWNED: &str = r"
+local function owned()
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+  return #p > 0 and p[1][2] == ARGV[2] and p[1][4] == tonumber(ARGV[4])
+end
+";
+
+/// The group's last delivered id (entries after it were never delivered).
+const LAST_DELIVERED: &str = r"
+local function last_delivered()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == ARGV[1] then return last end
+  end
+  return redis.error_reply('NOGROUP no consumer group ' .. ARGV[1] .. ' on ' .. KEYS[1])
+end
+";
+
+fn script(parts: &[&str]) -> Script {
+    Script::new(&parts.concat())
+}
+
+/// Creates the group (from the stream's first entry, the stream too if missing) unless it
+/// exists, then deletes consumers that hold nothing and were idle for `ARGV[2]` ms (those of
+/// processes gone). Returns how many it deleted.
+pub(crate) static OPEN: LazyLock<Script> = LazyLock::new(|| {
+    script(&[r"
+local created = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(created) == 'table' and created.err and not string.find(created.err, 'BUSYGROUP') then
+  return created
+end
+local deleted = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local name, pending, idle
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1]
+    elseif c[i] == 'pending' then pending = c[i + 1]
+    elseif c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if pending == 0 and idle > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    deleted = deleted + 1
+  end
+end
+return deleted
+"])
+});
+
+/// Takes the next message for consumer `ARGV[2]`: first an entry whose lock ran out (idle for
+/// `ARGV[3]` ms: abandoned, or held by a consumer that died), claimed; else a new one.
+/// Returns `{id, fields, deliveries}`, or nil.
+pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    script(&[r"
+for _ = 1, 10 do
+  local stale = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1)
+  if #stale == 0 then break end
+  local id = stale[1][1]
+  local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)
+  if #claimed > 0 and claimed[1] then
+    return {claimed[1][1], claimed[1][2], stale[1][4] + 1}
+  end
+  -- Deleted by someone else while pending: nothing to deliver.
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+end
+local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+if fresh then
+  local entry = fresh[1][2][1]
+  return {entry[1], entry[2], 1}
+end
+return false
+"])
+});
+
+/// Acknowledges and deletes a held entry. Returns 1, or 0 if it is not held.
+pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        OWNED,
+        r"
+if not owned() then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+",
+    ])
+});
+
+/// Sets the idle time of a held entry to `ARGV[5]` ms and its delivery count to `ARGV[6]`:
+/// a renewal (idle 0, count kept), an abandon (idle past every lock, count kept) or the give
+/// back of a delivery nobody saw (idle past every lock, count less one). Returns 1, or 0 if
+/// it is not held.
+pub(crate) static RESET: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        OWNED,
+        r"
+if not owned() then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[5], 'RETRYCOUNT', ARGV[6], 'JUSTID')
+return 1
+",
+    ])
+});
+
+/// Moves a held entry to the dead-letter stream `KEYS[2]` (all its fields), then
+/// acknowledges and deletes it. Returns 1, or 0 if it is not held.
+pub(crate) static BURY: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        OWNED,
+        r"
+if not owned() then return 0 end
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+if #entry > 0 then
+  redis.call('XADD', KEYS[2], '*', unpack(entry[1][2]))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+",
+    ])
+});
+
+/// Gives back every entry consumer `ARGV[2]` holds (idle past every lock, `ARGV[3]` ms, its
+/// count kept), then deletes the consumer if it held none. Returns how many it gave back.
+pub(crate) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    script(&[r"
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 10000, ARGV[2])
+for _, p in ipairs(held) do
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, p[1], 'IDLE', ARGV[3], 'JUSTID')
+end
+if #held == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return #held
+"])
+});
+
+/// The messages ready to be taken: `{length, pending, stale}`, where ready is never delivered
+/// (length less pending) plus stale (pending, idle for `ARGV[2]` ms: abandoned or expired).
+pub(crate) static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    script(&[r"
+local length = redis.call('XLEN', KEYS[1])
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+local stale = 0
+if pending > 0 then
+  stale = #redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', pending)
+end
+return {length, pending, stale}
+"])
+});
+
+/// Up to `ARGV[3]` messages in the order `TAKE` hands them out, without taking them: stale
+/// entries (idle for `ARGV[2]` ms), then never delivered ones. Returns `{id, fields,
+/// deliveries so far}` each.
+pub(crate) static PEEK: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        LAST_DELIVERED,
+        r"
+local out = {}
+local wanted = tonumber(ARGV[3])
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', wanted)) do
+  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
+  if #entry > 0 then out[#out + 1] = {entry[1][1], entry[1][2], p[4]} end
+end
+if #out < wanted then
+  local last = last_delivered()
+  if type(last) == 'table' then return last end
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', wanted - #out)) do
+    out[#out + 1] = {e[1], e[2], 0}
+  end
+end
+return out
+",
+    ])
+});
+
+/// Deletes up to 1000 stale entries (idle for `ARGV[2]` ms) and up to 1000 never delivered
+/// ones; held ones stay. Returns how many it deleted: call again until 0.
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    script(&[
+        LAST_DELIVERED,
+        r"
+local deleted = 0
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', 1000)) do
+  redis.call('XACK', KEYS[1], ARGV[1], p[1])
+  redis.call('XDEL', KEYS[1], p[1])
+  deleted = deleted + 1
+end
+local last = last_delivered()
+if type(last) == 'table' then return last end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1000)) do
+  redis.call('XDEL', KEYS[1], e[1])
+  deleted = deleted + 1
+end
+return deleted
+",
+    ])
+});
