@@ -5,10 +5,12 @@
 //!   through one consumer group (`courier`, or `options.group`), created on `open` from the
 //!   stream's first entry, and each open queue is a consumer of its own in that group
 //!   (`courier-` and a random id).
-//! * **Receive.** One script claims the oldest entry whose lock ran out, else reads a new one
-//!   (`XREADGROUP … >`); with nothing there, `receive` blocks on the server
-//!   (`XREADGROUP … BLOCK`, on a connection of its own) and is woken at once by a send, looking
-//!   again for abandoned and expired messages every `options.block` (1 s).
+//! * **Receive.** A new entry (`XREADGROUP … >`) if there is one, else the oldest entry whose
+//!   lock ran out, claimed (abandoned messages go behind the waiting ones, as in the memory
+//!   queue); at least every 100 ms a receive claims first, so that a busy stream cannot starve
+//!   them. With nothing there, `receive` blocks on the server (`XREADGROUP … BLOCK`, on a
+//!   connection of its own) and is woken at once by a send, looking again for abandoned and
+//!   expired messages every `options.block` (1 s).
 //! * **Locks** are the entries' idle times in the group's pending list: an entry idle for
 //!   `lock_timeout` may be claimed by any consumer (`XCLAIM`), counting a delivery. Every
 //!   process of a queue should use the same `lock_timeout`. `renew_lock(m, t)` resets the idle
@@ -16,18 +18,20 @@
 //!   longer). `complete` is `XACK` plus `XDEL`. `abandon` makes the entry claimable at once,
 //!   its count kept. The delivery count is the pending entry's delivery counter. A held
 //!   message is settled only by the consumer that holds it: a lock that ran out and was
-//!   claimed by another is theirs (settling it here is a no-op).
+//!   claimed by another is theirs (settling it here is a no-op). Scripts check that on the
+//!   server; `complete` skips the check (a plain `XACK` and `XDEL` in `MULTI`) while the lock
+//!   has at least a fifth of `lock_timeout` (and 50 ms) left, as no one else can hold it then.
 //! * **Dead letters.** `max_deliveries` and `move_to_dead_letter` copy the entry, all its
 //!   fields, to the `<name>.dlq` stream (or `options.dead_letter_queue`) and delete it, in one
 //!   script; open that stream as a queue to read them. An entry without a `message` field (not
-//!   a courier message) goes there too when received.
+//!   a courier message) goes there too when received, with an empty `message` added.
 //! * **Reading without taking.** `peek` and `peek_batch` return what `receive` would hand out
-//!   next, in that order: entries whose lock ran out, then entries never delivered.
+//!   next, in that order: entries never delivered, then entries whose lock ran out.
 //!   `read_message_count` counts the same: entries never delivered plus pending entries idle
 //!   for `lock_timeout` (abandoned, or held by a consumer that died); held messages are not
 //!   counted. `clear` deletes those and leaves held ones.
-//! * **Cancellation.** A `receive` dropped while it blocks on the server leaves the read to a
-//!   task, which gives a message that comes late back uncounted. `close` gives back what this
+//! * **Cancellation.** A `receive` dropped while a call to the server is under way leaves the
+//!   call to a task, which gives a message that comes late back uncounted. `close` gives back what this
 //!   consumer still holds (claimable at once, counted) and leaves the group if it holds nothing.
 //! * **Redis restarts.** A group that disappeared (a restart without persistence, a deleted
 //!   key) is created again on the next call. Messages are as durable as the server's
@@ -58,6 +62,13 @@ const GIVEN_BACK_IDLE: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// Consumers that hold nothing and were idle this long are removed from the group on `open`.
 const STALE_CONSUMER: Duration = Duration::from_secs(3600);
 
+/// How often a receive looks for messages whose lock ran out before new ones, at least.
+const CLAIM_FIRST_EVERY: Duration = Duration::from_millis(100);
+
+/// The least time a lock must have left for `complete` to skip asking the server whether the
+/// consumer still holds the entry (the request must reach the server in that time).
+const SETTLE_MARGIN: Duration = Duration::from_millis(50);
+
 /// How long `close` waits for fetches under way (of receives it cut short) to finish.
 const FETCH_GRACE: Duration = Duration::from_secs(2);
 
@@ -84,6 +95,8 @@ struct Session {
     consumer: Arc<str>,
     /// Idle connections for blocking reads (a blocked connection serves nothing else).
     readers: parking_lot::Mutex<Vec<MultiplexedConnection>>,
+    /// When a receive last looked for messages whose lock ran out before new ones.
+    claimed_first: parking_lot::Mutex<tokio::time::Instant>,
 }
 
 /// An entry as a script or a read returns it.
@@ -102,11 +115,31 @@ struct RedisLock {
     consumer: Arc<str>,
     /// The delivery the lock is for.
     deliveries: u32,
+    /// Until when no other consumer can have claimed the entry: `lock_timeout` (or a renewal)
+    /// from before the request that locked it was sent, so never later than the server's.
+    surely_held_until: parking_lot::Mutex<tokio::time::Instant>,
     /// Stops the renewals of a lock renewed past `lock_timeout`.
     keepalive: parking_lot::Mutex<Option<CancellationToken>>,
 }
 
 impl RedisLock {
+    /// A lock on `id`'s `deliveries`th delivery to `consumer`, held until at least `until`.
+    fn new(id: String, consumer: Arc<str>, deliveries: u32, until: tokio::time::Instant) -> Self {
+        RedisLock {
+            id,
+            consumer,
+            deliveries,
+            surely_held_until: parking_lot::Mutex::new(until),
+            keepalive: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether the entry is still held, with `margin` to spare for the request that settles it
+    /// to reach the server.
+    fn surely_held(&self, margin: Duration) -> bool {
+        tokio::time::Instant::now() + margin < *self.surely_held_until.lock()
+    }
+
     fn stop_keepalive(&self) {
         if let Some(stop) = self.keepalive.lock().take() {
             stop.cancel();
@@ -236,17 +269,67 @@ impl Session {
         }
     }
 
-    /// Claims a message whose lock ran out, else takes a new one, without blocking.
+    /// Takes a new message, else claims one whose lock ran out, without blocking; at least
+    /// every [`CLAIM_FIRST_EVERY`], claims first, so that a busy stream does not starve
+    /// abandoned and expired messages.
     async fn take(&self) -> Result<Option<Entry>> {
-        let taken = self
+        let claim_first = {
+            let mut last = self.claimed_first.lock();
+            let due = last.elapsed() >= CLAIM_FIRST_EVERY;
+            if due {
+                *last = tokio::time::Instant::now();
+            }
+            due
+        };
+        if claim_first && let Some(claimed) = self.claim().await? {
+            return Ok(Some(claimed));
+        }
+        if let Some(fresh) = self.read_fresh().await? {
+            return Ok(Some(fresh));
+        }
+        if claim_first {
+            return Ok(None);
+        }
+        self.claim().await
+    }
+
+    /// Claims the oldest message whose lock ran out.
+    async fn claim(&self) -> Result<Option<Entry>> {
+        let claimed = self
             .eval(
                 "receive",
-                &scripts::TAKE,
+                &scripts::CLAIM,
                 &[&self.config.stream],
                 &[self.consumer.to_string(), self.lock_ms.clone()],
             )
             .await?;
-        Ok(entry(&taken))
+        Ok(entry(&claimed))
+    }
+
+    /// Takes a new message (`XREADGROUP … >`), without blocking.
+    async fn read_fresh(&self) -> Result<Option<Entry>> {
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(&self.config.group)
+            .arg(&*self.consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&self.config.stream)
+            .arg(">");
+        let run = || {
+            let mut commands = self.commands.clone();
+            let read = read.clone();
+            async move { read.query_async::<Value>(&mut commands).await }
+        };
+        let value = match self.within("receive", run()).await {
+            Err(e) if is_missing_group(&e) => {
+                self.create_group().await?;
+                self.within("receive", run()).await?
+            }
+            answered => answered?,
+        };
+        Ok(read_entry(&value))
     }
 
     /// Blocks on the server for up to `block` for a new entry, on a connection of its own.
@@ -317,12 +400,12 @@ impl Session {
     /// Hands back a delivery nobody saw: claimable at once, its count as before it. If this
     /// fails, the entry comes back when its lock runs out, counted.
     async fn give_back(&self, entry: Entry) {
-        let lock = RedisLock {
-            id: entry.id,
-            consumer: self.consumer.clone(),
-            deliveries: entry.deliveries,
-            keepalive: parking_lot::Mutex::new(None),
-        };
+        let lock = RedisLock::new(
+            entry.id,
+            self.consumer.clone(),
+            entry.deliveries,
+            tokio::time::Instant::now(),
+        );
         let earlier = lock.deliveries.saturating_sub(1);
         let _ = self
             .reset("give back a message", &lock, GIVEN_BACK_IDLE, earlier)
@@ -393,44 +476,28 @@ impl RedisMessageQueue {
             .ok_or_else(|| Error::not_opened(self.name()).with_backend(BACKEND))
     }
 
-    /// Takes the next message, blocking on the server for up to `block` if there is none, in
-    /// a task of its own: if this future is dropped before the answer, the task gives the
-    /// message back uncounted.
+    /// Takes the next message, blocking on the server for up to `block` if there is none. If
+    /// this future is dropped before the answer, the call is finished by a task of its own,
+    /// which gives the message back uncounted.
     async fn fetch(
         &self,
         session: &Arc<Session>,
         block: Option<Duration>,
     ) -> Result<Option<Entry>> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let task_session = session.clone();
-        self.fetches.spawn(async move {
-            let fetched = match (task_session.take().await, block) {
-                (Ok(None), Some(block)) => task_session.read_new(block).await,
-                (taken, _) => taken,
-            };
-            if let Err(Ok(Some(entry))) = answer.send(fetched) {
-                // Nobody waits for it any more.
-                task_session.give_back(entry).await;
-            }
-        });
-        let mut pending = PendingFetch {
-            answered: Some(answered),
+        let fetching = session.clone();
+        let mut fetch = Fetch {
+            call: Some(Box::pin(async move {
+                match (fetching.take().await, block) {
+                    (Ok(None), Some(block)) => fetching.read_new(block).await,
+                    (taken, _) => taken,
+                }
+            })),
             session: session.clone(),
             tracker: self.fetches.clone(),
         };
         let limit = block.unwrap_or_default() + 3 * self.config.connect_timeout;
-        let waited = match pending.answered.as_mut() {
-            Some(answered) => tokio::time::timeout(limit, answered).await,
-            None => return Ok(None),
-        };
-        pending.answered = None;
-        match waited {
-            Ok(Ok(fetched)) => fetched,
-            Ok(Err(_)) => Err(
-                Error::new(ErrorKind::Backend, "a fetch ended without an answer")
-                    .with_backend(BACKEND)
-                    .with_queue(self.name()),
-            ),
+        match tokio::time::timeout(limit, &mut fetch).await {
+            Ok(fetched) => fetched,
             Err(_) => Err(session.timed_out("receive")),
         }
     }
@@ -441,14 +508,15 @@ impl RedisMessageQueue {
         &self,
         session: &Session,
         taken: Entry,
+        asked: tokio::time::Instant,
         correlation_id: Option<&str>,
     ) -> Result<Option<MessageEnvelope>> {
-        let lock = RedisLock {
-            id: taken.id,
-            consumer: session.consumer.clone(),
-            deliveries: taken.deliveries,
-            keepalive: parking_lot::Mutex::new(None),
-        };
+        let lock = RedisLock::new(
+            taken.id,
+            session.consumer.clone(),
+            taken.deliveries,
+            deadline_after(asked, self.base.options().lock_timeout),
+        );
         let Some(mut envelope) = wire::envelope(&lock.id, taken.fields) else {
             tracing::warn!(queue = %self.name(), entry = %lock.id, "an entry without a `message` field is not a courier message: moved to the dead-letter queue");
             session.bury(&lock).await?;
@@ -488,31 +556,46 @@ impl RedisMessageQueue {
     }
 }
 
-type Fetched = Result<Option<Entry>>;
+type Call = std::pin::Pin<Box<dyn Future<Output = Result<Option<Entry>>> + Send>>;
 
-/// The waiting end of a fetch: dropped with an entry in it (the `receive` was dropped just as
-/// the entry came), it gives the entry back from a task.
-struct PendingFetch {
-    answered: Option<tokio::sync::oneshot::Receiver<Fetched>>,
+/// A call that takes a message for a `receive`: dropped unfinished (the `receive` was
+/// dropped), it is finished by a task, which gives the message back uncounted.
+struct Fetch {
+    call: Option<Call>,
     session: Arc<Session>,
-    /// The queue's fetches, which `close` waits for: the giving back is one of them.
+    /// The queue's fetches, which `close` waits for: the finishing task is one of them.
     tracker: TaskTracker,
 }
 
-impl Drop for PendingFetch {
+impl Future for Fetch {
+    type Output = Result<Option<Entry>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(call) = self.call.as_mut() else {
+            return std::task::Poll::Ready(Ok(None));
+        };
+        let fetched = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        std::task::Poll::Ready(fetched)
+    }
+}
+
+impl Drop for Fetch {
     fn drop(&mut self) {
-        let Some(mut answered) = self.answered.take() else {
+        let Some(call) = self.call.take() else {
             return;
         };
-        // Closed first: an entry is then either in the channel, or refused to its sender
-        // (which gives it back), never dropped with the channel.
-        answered.close();
-        if let Ok(Ok(Some(entry))) = answered.try_recv() {
-            let session = self.session.clone();
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.tracker
-                    .spawn(async move { session.give_back(entry).await });
-            }
+        let session = self.session.clone();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tracker.spawn(async move {
+                if let Ok(Some(entry)) = call.await {
+                    // Nobody waits for it any more.
+                    session.give_back(entry).await;
+                }
+            });
         }
     }
 }
@@ -644,6 +727,7 @@ impl MessageQueue for RedisMessageQueue {
             commands,
             consumer: Arc::from(format!("courier-{}", &id[..12])),
             readers: parking_lot::Mutex::new(Vec::new()),
+            claimed_first: parking_lot::Mutex::new(tokio::time::Instant::now()),
         };
         session.create_group().await?;
         session.check_eviction().await;
@@ -756,13 +840,14 @@ impl MessageQueue for RedisMessageQueue {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let block = (!left.is_zero()).then(|| left.min(self.config.block));
+            let asked = tokio::time::Instant::now();
             let Some(taken) = self.fetch(&session, block).await? else {
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(None);
                 }
                 continue;
             };
-            if let Some(envelope) = self.deliver(&session, taken, correlation_id).await? {
+            if let Some(envelope) = self.deliver(&session, taken, asked, correlation_id).await? {
                 return Ok(Some(envelope));
             }
         }
@@ -776,12 +861,15 @@ impl MessageQueue for RedisMessageQueue {
         lock.stop_keepalive();
         let ours = self.base.options().lock_timeout;
         let idle = u64::try_from(ours.saturating_sub(lock_timeout).as_millis()).unwrap_or(0);
+        let asked = tokio::time::Instant::now();
         if !session
             .reset("renew a lock", lock, idle, lock.deliveries)
             .await?
         {
             return Ok(());
         }
+        // Kept renewing past `ours` only while the renewals succeed: surely held for `ours`.
+        *lock.surely_held_until.lock() = deadline_after(asked, lock_timeout.min(ours));
         if lock_timeout > ours {
             // Held until `lock_timeout` from now: idle reset every half `lock_timeout`.
             let stop = CancellationToken::new();
@@ -790,12 +878,12 @@ impl MessageQueue for RedisMessageQueue {
             if let Some(older) = lock.keepalive.lock().replace(stop.clone()) {
                 older.cancel();
             }
-            let renewed = RedisLock {
-                id: lock.id.clone(),
-                consumer: lock.consumer.clone(),
-                deliveries: lock.deliveries,
-                keepalive: parking_lot::Mutex::new(None),
-            };
+            let renewed = RedisLock::new(
+                lock.id.clone(),
+                lock.consumer.clone(),
+                lock.deliveries,
+                asked,
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
@@ -825,14 +913,39 @@ impl MessageQueue for RedisMessageQueue {
             return Ok(());
         };
         lock.stop_keepalive();
-        session
-            .eval(
-                "complete",
-                &scripts::COMPLETE,
-                &[&self.config.stream],
-                &lock.args(),
-            )
-            .await?;
+        let lock_timeout = self.base.options().lock_timeout;
+        if lock.surely_held((lock_timeout / 5).max(SETTLE_MARGIN)) {
+            // Nobody else can hold it yet: no need to ask the server who does.
+            let mut done = redis::pipe();
+            done.atomic()
+                .cmd("XACK")
+                .arg(&self.config.stream)
+                .arg(&self.config.group)
+                .arg(&lock.id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&self.config.stream)
+                .arg(&lock.id)
+                .ignore();
+            let mut commands = session.commands.clone();
+            match session
+                .within("complete", done.query_async::<()>(&mut commands))
+                .await
+            {
+                // The group is gone (a restart without persistence), and the entry with it.
+                Err(e) if is_missing_group(&e) => {}
+                done => done?,
+            }
+        } else {
+            session
+                .eval(
+                    "complete",
+                    &scripts::COMPLETE,
+                    &[&self.config.stream],
+                    &lock.args(),
+                )
+                .await?;
+        }
         token.settle();
         self.base.settled(Settled::Completed, message);
         Ok(())

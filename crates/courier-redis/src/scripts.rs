@@ -62,14 +62,13 @@ return deleted
 "])
 });
 
-/// Takes the next message for consumer `ARGV[2]`: first an entry whose lock ran out (idle for
-/// `ARGV[3]` ms: abandoned, or held by a consumer that died), claimed; else a new one.
-/// Returns `{id, fields, deliveries}`, or nil.
-pub(crate) static TAKE: LazyLock<Script> = LazyLock::new(|| {
+/// Claims for consumer `ARGV[2]` the oldest entry whose lock ran out (idle for `ARGV[3]` ms:
+/// abandoned, or held by a consumer that died). Returns `{id, fields, deliveries}`, or nil.
+pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(&[r"
 for _ = 1, 10 do
   local stale = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 1)
-  if #stale == 0 then break end
+  if #stale == 0 then return false end
   local id = stale[1][1]
   local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], id)
   if #claimed > 0 and claimed[1] then
@@ -77,11 +76,6 @@ for _ = 1, 10 do
   end
   -- Deleted by someone else while pending: nothing to deliver.
   redis.call('XACK', KEYS[1], ARGV[1], id)
-end
-local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-if fresh then
-  local entry = fresh[1][2][1]
-  return {entry[1], entry[2], 1}
 end
 return false
 "])
@@ -115,8 +109,9 @@ return 1
     ])
 });
 
-/// Moves a held entry to the dead-letter stream `KEYS[2]` (all its fields), then
-/// acknowledges and deletes it. Returns 1, or 0 if it is not held.
+/// Moves a held entry to the dead-letter stream `KEYS[2]` (all its fields, and an empty
+/// `message` if it had none), then acknowledges and deletes it. Returns 1, or 0 if it is not
+/// held.
 pub(crate) static BURY: LazyLock<Script> = LazyLock::new(|| {
     script(&[
         OWNED,
@@ -124,7 +119,17 @@ pub(crate) static BURY: LazyLock<Script> = LazyLock::new(|| {
 if not owned() then return 0 end
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 if #entry > 0 then
-  redis.call('XADD', KEYS[2], '*', unpack(entry[1][2]))
+  local fields = entry[1][2]
+  local message = false
+  for i = 1, #fields, 2 do
+    if fields[i] == 'message' then message = true end
+  end
+  -- A foreign entry without a body gets an empty one: the dead letter is a message.
+  if not message then
+    fields[#fields + 1] = 'message'
+    fields[#fields + 1] = ''
+  end
+  redis.call('XADD', KEYS[2], '*', unpack(fields))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
@@ -162,8 +167,8 @@ return {length, pending, stale}
 "])
 });
 
-/// Up to `ARGV[3]` messages in the order `TAKE` hands them out, without taking them: stale
-/// entries (idle for `ARGV[2]` ms), then never delivered ones. Returns `{id, fields,
+/// Up to `ARGV[3]` messages in the order a receive hands them out, without taking them:
+/// never delivered entries, then stale ones (idle for `ARGV[2]` ms). Returns `{id, fields,
 /// deliveries so far}` each.
 pub(crate) static PEEK: LazyLock<Script> = LazyLock::new(|| {
     script(&[
@@ -171,15 +176,15 @@ pub(crate) static PEEK: LazyLock<Script> = LazyLock::new(|| {
         r"
 local out = {}
 local wanted = tonumber(ARGV[3])
-for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', wanted)) do
-  local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
-  if #entry > 0 then out[#out + 1] = {entry[1][1], entry[1][2], p[4]} end
+local last = last_delivered()
+if type(last) == 'table' then return last end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', wanted)) do
+  out[#out + 1] = {e[1], e[2], 0}
 end
 if #out < wanted then
-  local last = last_delivered()
-  if type(last) == 'table' then return last end
-  for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', wanted - #out)) do
-    out[#out + 1] = {e[1], e[2], 0}
+  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[2], '-', '+', wanted - #out)) do
+    local entry = redis.call('XRANGE', KEYS[1], p[1], p[1])
+    if #entry > 0 then out[#out + 1] = {entry[1][1], entry[1][2], p[4]} end
   end
 end
 return out
