@@ -1,42 +1,4 @@
 //! [`RedisMessageQueue`]: a durable queue on a Redis stream with a consumer group.
-//!
-//! * **Layout.** The queue `NAME` is the stream at key `NAME`; its messages are the stream's
-//!   entries ([`wire`](crate::wire) gives their fields). Every process of the queue reads it
-//!   through one consumer group (`courier`, or `options.group`), created on `open` from the
-//!   stream's first entry, and each open queue is a consumer of its own in that group
-//!   (`courier-` and a random id).
-//! * **Receive.** A new entry (`XREADGROUP … >`) if there is one, else the oldest entry whose
-//!   lock ran out, claimed (abandoned messages go behind the waiting ones, as in the memory
-//!   queue); at least every 100 ms a receive claims first, so that a busy stream cannot starve
-//!   them. With nothing there, `receive` blocks on the server (`XREADGROUP … BLOCK`, on a
-//!   connection of its own) and is woken at once by a send, looking again for abandoned and
-//!   expired messages every `options.block` (1 s).
-//! * **Locks** are the entries' idle times in the group's pending list: an entry idle for
-//!   `lock_timeout` may be claimed by any consumer (`XCLAIM`), counting a delivery. Every
-//!   process of a queue should use the same `lock_timeout`. `renew_lock(m, t)` resets the idle
-//!   time so that the lock runs `t` from now (repeated every half `lock_timeout` when `t` is
-//!   longer). `complete` is `XACK` plus `XDEL`. `abandon` makes the entry claimable at once,
-//!   its count kept. The delivery count is the pending entry's delivery counter. A held
-//!   message is settled only by the consumer that holds it: a lock that ran out and was
-//!   claimed by another is theirs (settling it here is a no-op). Scripts check that on the
-//!   server; `complete` skips the check (a plain `XACK` and `XDEL` in `MULTI`) while the lock
-//!   has at least a fifth of `lock_timeout` (and 50 ms) left, as no one else can hold it then.
-//! * **Dead letters.** `max_deliveries` and `move_to_dead_letter` copy the entry, all its
-//!   fields, to the `<name>.dlq` stream (or `options.dead_letter_queue`) and delete it, in one
-//!   script; open that stream as a queue to read them. An entry without a `message` field (not
-//!   a courier message) goes there too when received, with an empty `message` added.
-//! * **Reading without taking.** `peek` and `peek_batch` return what `receive` would hand out
-//!   next, in that order: entries never delivered, then entries whose lock ran out.
-//!   `read_message_count` counts the same: entries never delivered plus pending entries idle
-//!   for `lock_timeout` (abandoned, or held by a consumer that died); held messages are not
-//!   counted. `clear` deletes those and leaves held ones.
-//! * **Cancellation.** A `receive` dropped while a call to the server is under way leaves the
-//!   call to a task, which gives a message that comes late back uncounted. `close` gives back what this
-//!   consumer still holds (claimable at once, counted) and leaves the group if it holds nothing.
-//! * **Redis restarts.** A group that disappeared (a restart without persistence, a deleted
-//!   key) is created again on the next call. Messages are as durable as the server's
-//!   persistence makes them; a server that may evict keys (`maxmemory-policy` other than
-//!   `noeviction` or `volatile-*`) can drop whole queues, and `open` logs a warning then.
 
 use std::fmt;
 use std::sync::Arc;
@@ -72,7 +34,45 @@ const SETTLE_MARGIN: Duration = Duration::from_millis(50);
 /// How long `close` waits for fetches under way (of receives it cut short) to finish.
 const FETCH_GRACE: Duration = Duration::from_secs(2);
 
-/// A durable queue on a Redis stream. See the [module docs](self).
+/// A durable queue on a Redis stream with a consumer group.
+///
+/// * **Layout.** The queue `NAME` is the stream at key `NAME`; its messages are the stream's
+///   entries ([`wire`](crate::wire) gives their fields). Every process of the queue reads it
+///   through one consumer group (`courier`, or `options.group`), created on `open` from the
+///   stream's first entry, and each open queue is a consumer of its own in that group
+///   (`courier-` and a random id).
+/// * **Receive.** A new entry (`XREADGROUP … >`) if there is one, else the oldest entry whose
+///   lock ran out, claimed (abandoned messages go behind the waiting ones, as in the memory
+///   queue); at least every 100 ms a receive claims first, so that a busy stream cannot starve
+///   them. With nothing there, `receive` blocks on the server (`XREADGROUP … BLOCK`, on a
+///   connection of its own) and is woken at once by a send, looking again for abandoned and
+///   expired messages every `options.block` (1 s).
+/// * **Locks** are the entries' idle times in the group's pending list: an entry idle for
+///   `lock_timeout` may be claimed by any consumer (`XCLAIM`), counting a delivery. Every
+///   process of a queue should use the same `lock_timeout`. `renew_lock(m, t)` resets the idle
+///   time so that the lock runs `t` from now (repeated every half `lock_timeout` when `t` is
+///   longer). `complete` is `XACK` plus `XDEL`. `abandon` makes the entry claimable at once,
+///   its count kept. The delivery count is the pending entry's delivery counter. A held
+///   message is settled only by the consumer that holds it: a lock that ran out and was
+///   claimed by another is theirs (settling it here is a no-op). Scripts check that on the
+///   server; `complete` skips the check (a plain `XACK` and `XDEL` in `MULTI`) while the lock
+///   has at least a fifth of `lock_timeout` (and 50 ms) left, as no one else can hold it then.
+/// * **Dead letters.** `max_deliveries` and `move_to_dead_letter` copy the entry, all its
+///   fields, to the `<name>.dlq` stream (or `options.dead_letter_queue`) and delete it, in one
+///   script; open that stream as a queue to read them. An entry without a `message` field (not
+///   a courier message) goes there too when received, with an empty `message` added.
+/// * **Reading without taking.** `peek` and `peek_batch` return what `receive` would hand out
+///   next, in that order: entries never delivered, then entries whose lock ran out.
+///   `read_message_count` counts the same: entries never delivered plus pending entries idle
+///   for `lock_timeout` (abandoned, or held by a consumer that died); held messages are not
+///   counted. `clear` deletes those and leaves held ones.
+/// * **Cancellation.** A `receive` dropped while a call to the server is under way leaves the
+///   call to a task, which gives a message that comes late back uncounted. `close` gives back what this
+///   consumer still holds (claimable at once, counted) and leaves the group if it holds nothing.
+/// * **Redis restarts.** A group that disappeared (a restart without persistence, a deleted
+///   key) is created again on the next call. Messages are as durable as the server's
+///   persistence makes them; a server that may evict keys (`maxmemory-policy` other than
+///   `noeviction` or `volatile-*`) can drop whole queues, and `open` logs a warning then.
 pub struct RedisMessageQueue {
     base: QueueBase,
     config: RedisConfig,
