@@ -19,15 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
-use courier_benches::payload;
+use courier_benches::{alternating, median_rate as median, payload};
 use futures::StreamExt;
 
 const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// courier: a producer task sends `count` messages while this task receives and completes
 /// them; msg/s.
@@ -212,16 +207,12 @@ fn main() {
         println!("|---|---|---|---|---|---|---|");
         for size in [64, 4096] {
             let body = payload(size);
-            let (mut ours, mut raw) = (Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                if round % 2 == 0 {
-                    ours.push(courier_jetstream(&url, js_count, &body).await);
-                    raw.push(raw_jetstream(&client, js_count, &body).await);
-                } else {
-                    raw.push(raw_jetstream(&client, js_count, &body).await);
-                    ours.push(courier_jetstream(&url, js_count, &body).await);
-                }
-            }
+            let (ours, raw) = alternating(
+                ROUNDS,
+                async || courier_jetstream(&url, js_count, &body).await,
+                async || raw_jetstream(&client, js_count, &body).await,
+            )
+            .await;
             let (os, ot) = (
                 median(ours.iter().map(|r| r.0).collect()),
                 median(ours.iter().map(|r| r.1).collect()),
@@ -245,16 +236,12 @@ fn main() {
         println!("|---|---|---|---|");
         for size in [64, 4096] {
             let body = payload(size);
-            let (mut ours, mut raw) = (Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                if round % 2 == 0 {
-                    ours.push(courier_round(&url, count, &body).await);
-                    raw.push(raw_round(&client, count, &body).await);
-                } else {
-                    raw.push(raw_round(&client, count, &body).await);
-                    ours.push(courier_round(&url, count, &body).await);
-                }
-            }
+            let (ours, raw) = alternating(
+                ROUNDS,
+                async || courier_round(&url, count, &body).await,
+                async || raw_round(&client, count, &body).await,
+            )
+            .await;
             let (o, r) = (median(ours), median(raw));
             println!("| {size} B | {o:.0} | {r:.0} | {:.2} |", o / r);
         }

@@ -15,14 +15,9 @@
 use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
-use courier_benches::payload;
+use courier_benches::{alternating, median_rate as median, payload};
 
 const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// courier: `count` sends, then `count` receive + complete; msg/s each.
 async fn courier_round(url: &str, count: usize, body: &bytes::Bytes) -> (f64, f64) {
@@ -165,16 +160,12 @@ fn main() {
         println!("|---|---|---|---|---|---|---|");
         for size in [64, 4096] {
             let body = payload(size);
-            let (mut ours, mut raw) = (Vec::new(), Vec::new());
-            for round in 0..ROUNDS {
-                if round % 2 == 0 {
-                    ours.push(courier_round(&url, count, &body).await);
-                    raw.push(raw_round(&url, count, &body).await);
-                } else {
-                    raw.push(raw_round(&url, count, &body).await);
-                    ours.push(courier_round(&url, count, &body).await);
-                }
-            }
+            let (ours, raw) = alternating(
+                ROUNDS,
+                async || courier_round(&url, count, &body).await,
+                async || raw_round(&url, count, &body).await,
+            )
+            .await;
             let (os, ot) = (
                 median(ours.iter().map(|r| r.0).collect()),
                 median(ours.iter().map(|r| r.1).collect()),

@@ -175,6 +175,32 @@ pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// The median of `rates` (0 for none).
+pub fn median_rate(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates.get(rates.len() / 2).copied().unwrap_or_default()
+}
+
+/// Runs `ours` and `raw` `rounds` times each, alternating which goes first so that neither
+/// always meets a warmer server; returns their results, round by round.
+pub async fn alternating<T>(
+    rounds: usize,
+    mut ours: impl AsyncFnMut() -> T,
+    mut raw: impl AsyncFnMut() -> T,
+) -> (Vec<T>, Vec<T>) {
+    let (mut ours_done, mut raw_done) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ours_done.push(ours().await);
+            raw_done.push(raw().await);
+        } else {
+            raw_done.push(raw().await);
+            ours_done.push(ours().await);
+        }
+    }
+    (ours_done, raw_done)
+}
+
 /// Runs a ratio bench's body on a two-worker runtime, unless cargo only lists or tests the
 /// benches (`--list`, `--test`), which run nothing.
 pub fn run_ratio_bench<F, Fut>(body: F)

@@ -185,6 +185,22 @@ pub fn skip_or_fail<T>(backend: &str, reason: &str) -> Option<T> {
     None
 }
 
+/// Runs `cleanup` to its end on a thread of its own, with a current-thread runtime, and waits
+/// for it: for a harness's `Drop`, which may run inside a runtime (where `block_on` panics).
+/// Does nothing if that runtime cannot be built; a panic in `cleanup` is swallowed (cleaning
+/// up is best effort).
+pub fn clean_up(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(cleanup);
+        }
+    })
+    .join();
+}
+
 /// Whether `python3` can import `module` (an interop peer's client library); if it cannot,
 /// [`skip_or_fail`] for `backend` and `false`.
 ///

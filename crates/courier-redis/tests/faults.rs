@@ -64,12 +64,14 @@ async fn open_against_a_closed_port_fails_within_connect_timeout() {
         listener.local_addr().unwrap().port()
     };
     let queue = courier_redis::from_uri(&format!(
-        "redis://127.0.0.1:{port}/0?queue=never&connect_timeout=1000"
+        "redis://courier:s3cret@127.0.0.1:{port}/0?queue=never&connect_timeout=1000"
     ))
     .unwrap();
     let started = Instant::now();
     let err = queue.open(None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    let shown = format!("{err} {err:?} {queue:?}");
+    assert!(!shown.contains("s3cret"), "the password shows: {shown}");
     assert!(
         started.elapsed() < Duration::from_millis(2000),
         "{:?}",

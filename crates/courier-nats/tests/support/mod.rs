@@ -106,29 +106,19 @@ impl Drop for JetStreamHarness {
 /// Blocks, on a thread of its own (callable from inside a runtime).
 pub fn delete_streams(url: &str, names: &[String]) {
     let (url, names) = (url.to_owned(), names.to_vec());
-    let _ = std::thread::spawn(move || {
-        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    courier_conformance::clean_up(async move {
+        let Ok(Ok(client)) =
+            tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url.as_str())).await
         else {
             return;
         };
-        runtime.block_on(async {
-            let Ok(Ok(client)) =
-                tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url.as_str()))
-                    .await
-            else {
-                return;
-            };
-            let js = async_nats::jetstream::new(client);
-            for name in &names {
-                for queue in [name.clone(), format!("{name}.dlq")] {
-                    let _ = js.delete_stream(courier_nats::stream_name(&queue)).await;
-                }
+        let js = async_nats::jetstream::new(client);
+        for name in &names {
+            for queue in [name.clone(), format!("{name}.dlq")] {
+                let _ = js.delete_stream(courier_nats::stream_name(&queue)).await;
             }
-        });
-    })
-    .join();
+        }
+    });
 }
 
 #[async_trait]
@@ -188,29 +178,20 @@ impl Drop for SharedStreamHarness {
     fn drop(&mut self) {
         let names = std::mem::take(&mut *self.created.lock());
         let url = self.url.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        courier_conformance::clean_up(async move {
+            let Ok(client) = async_nats::connect(url.as_str()).await else {
                 return;
             };
-            runtime.block_on(async {
-                let Ok(client) = async_nats::connect(url.as_str()).await else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(client);
-                let Ok(stream) = js.get_stream(SHARED_STREAM).await else {
-                    return;
-                };
-                for name in &names {
-                    let consumer = courier_nats::consumer_name(name, true);
-                    let _ = stream.delete_consumer(&consumer).await;
-                    let _ = stream.purge().filter(name.as_str()).await;
-                }
-            });
-        })
-        .join();
+            let js = async_nats::jetstream::new(client);
+            let Ok(stream) = js.get_stream(SHARED_STREAM).await else {
+                return;
+            };
+            for name in &names {
+                let consumer = courier_nats::consumer_name(name, true);
+                let _ = stream.delete_consumer(&consumer).await;
+                let _ = stream.purge().filter(name.as_str()).await;
+            }
+        });
     }
 }
 

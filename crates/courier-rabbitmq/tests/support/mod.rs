@@ -81,17 +81,8 @@ impl Drop for RabbitMqHarness {
 /// of its own (callable from inside a runtime).
 pub fn delete_queues(url: &str, names: &[String]) {
     let (url, names) = (url.to_owned(), names.to_vec());
-    let _ = std::thread::spawn(move || delete_now(&url, &names)).join();
-}
-
-fn delete_now(url: &str, names: &[String]) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
+    courier_conformance::clean_up(async move {
+        let (url, names) = (url.as_str(), names.as_slice());
         let Ok(Ok(connection)) = tokio::time::timeout(
             Duration::from_secs(10),
             lapin::Connection::connect(url, lapin::ConnectionProperties::default()),

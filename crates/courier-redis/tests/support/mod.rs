@@ -43,21 +43,23 @@ pub async fn reachable() -> Option<String> {
 /// of its own (callable from inside a runtime).
 pub fn delete_streams(url: &str, names: &[String]) {
     let (url, names) = (url.to_owned(), names.to_vec());
-    let _ = std::thread::spawn(move || {
+    courier_conformance::clean_up(async move {
         let Ok(client) = redis::Client::open(url.as_str()) else {
             return;
         };
-        let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_secs(5)) else {
+        let connect = client.get_multiplexed_async_connection();
+        let Ok(Ok(mut connection)) = tokio::time::timeout(Duration::from_secs(5), connect).await
+        else {
             return;
         };
         for name in &names {
             let _: redis::RedisResult<i64> = redis::cmd("DEL")
                 .arg(name)
                 .arg(format!("{name}.dlq"))
-                .query(&mut connection);
+                .query_async(&mut connection)
+                .await;
         }
-    })
-    .join();
+    });
 }
 
 /// The conformance harness over Redis queues; their streams are deleted when it is dropped.
