@@ -39,6 +39,7 @@ pub mod fault;
 pub mod outages;
 mod receiver;
 mod support;
+pub mod tls;
 
 pub use receiver::TestMessageReceiver;
 pub use support::{TestQueue, unique_name};

@@ -158,6 +158,90 @@ fn hide_secret_parameters(text: &str) -> String {
     out
 }
 
+/// The TLS files a queue may be given (`options.tls_ca_file`, `options.tls_cert_file`,
+/// `options.tls_key_file`), each a PEM file, checked to exist when read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// Root certificates to trust instead of the system's (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key, for servers that verify clients.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFiles {
+    /// The keys [`from_config`](Self::from_config) reads, without `options.`.
+    pub const KEYS: [&str; 3] = ["tls_ca_file", "tls_cert_file", "tls_key_file"];
+
+    /// Reads the TLS files of `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) naming the key whose file does not
+    /// exist, or `tls_key_file` / `tls_cert_file` when only the other one is given.
+    pub fn from_config(config: &ConfigParams) -> Result<Self> {
+        let file = |key: &str| -> Result<Option<std::path::PathBuf>> {
+            let key = format!("options.{key}");
+            let Some(path) = config.get(&key).filter(|p| !p.is_empty()) else {
+                return Ok(None);
+            };
+            let path = std::path::PathBuf::from(path);
+            if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err(Error::config(
+                    &key,
+                    format!("no file at {}", path.display()),
+                ))
+            }
+        };
+        let client = match (file("tls_cert_file")?, file("tls_key_file")?) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "options.tls_key_file",
+                    "is required with tls_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "options.tls_cert_file",
+                    "is required with tls_key_file",
+                ));
+            }
+        };
+        Ok(TlsFiles {
+            ca_file: file("tls_ca_file")?,
+            client,
+        })
+    }
+
+    /// Whether any file is given (which asks for TLS).
+    pub fn any(&self) -> bool {
+        self.ca_file.is_some() || self.client.is_some()
+    }
+}
+
+/// Whether `e` (or an error it wraps) is a TLS handshake the client refused, such as an
+/// untrusted server certificate: rustls reports it as invalid data on the socket, and says
+/// "invalid peer certificate" (a client that wraps the I/O error in a type of its own hides
+/// the first). Retrying will not help; the configuration must change (`tls_ca_file`), so
+/// backends report it as [`ErrorKind::Config`](crate::ErrorKind::Config).
+pub fn refused_handshake(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        let invalid_data = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+        if invalid_data || e.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Turns a queue URI into [`ConfigParams`]:
 ///
 /// * `connection.uri` (the whole URI), `connection.protocol` (the scheme), `connection.host`,

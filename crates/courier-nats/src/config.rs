@@ -4,11 +4,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use courier_core::backend::{CredentialParams, OPTION_KEYS, QueueBase, check_known_options};
+use courier_core::backend::{
+    CredentialParams, OPTION_KEYS, QueueBase, TlsFiles, check_known_options,
+};
 use courier_core::{ConfigParams, Error, Result};
 
-/// The options of this backend, besides the shared [`OPTION_KEYS`] (without `options.`).
-pub const NATS_OPTION_KEYS: [&str; 16] = [
+/// The options of this backend, besides the shared [`OPTION_KEYS`] and [`TlsFiles::KEYS`]
+/// (without `options.`).
+pub const NATS_OPTION_KEYS: [&str; 13] = [
     "jetstream",
     "stream",
     "subject",
@@ -18,9 +21,6 @@ pub const NATS_OPTION_KEYS: [&str; 16] = [
     "client_id",
     "token",
     "tls",
-    "tls_ca_file",
-    "tls_cert_file",
-    "tls_key_file",
     "retry_connect",
     "max_reconnect",
     "reconnect_timeout",
@@ -35,11 +35,8 @@ pub struct NatsConfig {
     pub servers: Vec<String>,
     /// TLS required (`tls://` or `tls=true`).
     pub tls: bool,
-    /// PEM root certificates to trust instead of the system's (`tls_ca_file`).
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// A client certificate and its key, PEM (`tls_cert_file`, `tls_key_file`), for servers
-    /// that verify clients.
-    pub tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// A private CA and a client certificate (`tls_ca_file`, `tls_cert_file`, `tls_key_file`).
+    pub tls_files: TlsFiles,
     /// JetStream (durable, at least once) rather than core NATS (at most once).
     pub jetstream: bool,
     /// JetStream: the stream this queue shares with others (`stream`), which holds its
@@ -79,6 +76,7 @@ impl NatsConfig {
     pub(crate) fn from_config(config: &ConfigParams, base: &QueueBase) -> Result<Self> {
         let mut known: Vec<&str> = OPTION_KEYS.to_vec();
         known.extend(NATS_OPTION_KEYS);
+        known.extend(TlsFiles::KEYS);
         check_known_options(config, &known)?;
         let text = |keys: &[&str]| -> Option<String> {
             keys.iter().find_map(|key| {
@@ -118,46 +116,13 @@ impl NatsConfig {
                 "a user without a password: give user:password, or a token as `token=` or credential.token",
             ));
         }
-        let file = |key: &str| -> Result<Option<std::path::PathBuf>> {
-            let Some(path) = text(&[key]) else {
-                return Ok(None);
-            };
-            let path = std::path::PathBuf::from(path);
-            if path.is_file() {
-                Ok(Some(path))
-            } else {
-                Err(Error::config(
-                    &format!("options.{key}"),
-                    format!("no file at {}", path.display()),
-                ))
-            }
-        };
-        let tls_client = match (file("tls_cert_file")?, file("tls_key_file")?) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(Error::config(
-                    "options.tls_key_file",
-                    "is required with tls_cert_file",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Error::config(
-                    "options.tls_cert_file",
-                    "is required with tls_key_file",
-                ));
-            }
-        };
-        let tls_ca_file = file("tls_ca_file")?;
-        let tls = tls_scheme
-            || config.get_as_bool("options.tls")?.unwrap_or(false)
-            || tls_ca_file.is_some()
-            || tls_client.is_some();
+        let tls_files = TlsFiles::from_config(config)?;
+        let tls =
+            tls_scheme || config.get_as_bool("options.tls")?.unwrap_or(false) || tls_files.any();
         Ok(NatsConfig {
             servers: servers(config)?,
             tls,
-            tls_ca_file,
-            tls_client,
+            tls_files,
             jetstream: config.get_as_bool("options.jetstream")?.unwrap_or(true),
             stream: text(&["stream"]).map(checked_stream_name).transpose()?,
             subscribe_subject: text(&["subject", "topic"]).unwrap_or_else(|| subject.clone()),
@@ -194,10 +159,10 @@ impl NatsConfig {
                     .clone()
                     .unwrap_or_else(|| format!("courier {}", self.subject)),
             );
-        if let Some(ca) = &self.tls_ca_file {
+        if let Some(ca) = &self.tls_files.ca_file {
             options = options.add_root_certificates(ca.clone());
         }
-        if let Some((cert, key)) = &self.tls_client {
+        if let Some((cert, key)) = &self.tls_files.client {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
         if let Some(token) = &self.token {

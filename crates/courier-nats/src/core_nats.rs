@@ -113,7 +113,7 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
                     (ErrorKind::Config, ": authentication failed")
                 }
                 async_nats::ConnectErrorKind::Tls => (ErrorKind::Config, ": TLS is misconfigured"),
-                _ if refused_handshake(&e) => (
+                _ if courier_core::backend::refused_handshake(&e) => (
                     ErrorKind::Config,
                     ": the TLS handshake failed (an untrusted server certificate? see options.tls_ca_file)",
                 ),
@@ -133,22 +133,6 @@ pub(crate) async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
             config.connect_timeout
         ))),
     }
-}
-
-/// Whether a connect failed in the TLS handshake (rustls reports a refused certificate as
-/// invalid data on the socket): retrying will not help, the configuration must change.
-fn refused_handshake(e: &async_nats::ConnectError) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }
 
 #[async_trait]

@@ -2,172 +2,37 @@
 //! a CA the test makes with `openssl`. A queue that trusts the CA (`tls_ca_file`) sends and
 //! receives over TLS; one that does not is refused with a `Config` error.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use courier_conformance::tls::TlsServer;
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
 
-/// A nats-server child, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn run(dir: &Path, args: &[&str]) -> bool {
-    Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A CA (`ca.pem`) and a server certificate it signed for 127.0.0.1 (`server.pem`,
-/// `server.key`), in `dir`.
-fn certificates(dir: &Path) -> bool {
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .is_ok()
-        && run(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "ca.key",
-            ],
-        )
-        && run(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "ca.key",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=courier test CA",
-                "-out",
-                "ca.pem",
-            ],
-        )
-        && run(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                "server.key",
-            ],
-        )
-        && run(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                "server.key",
-                "-subj",
-                "/CN=localhost",
-                "-out",
-                "server.csr",
-            ],
-        )
-        && run(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.pem",
-            ],
-        )
-}
-
-/// A TLS-only nats-server on a free port, with the certificates of [`certificates`].
-async fn tls_server(dir: &Path) -> Option<(Server, u16)> {
-    if !certificates(dir) {
-        return courier_conformance::skip_or_fail("nats", "openssl cannot make test certificates");
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new(
-        std::env::var("COURIER_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned()),
-    )
-    .args([
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "--tls",
-        "--tlscert",
-    ])
-    .arg(dir.join("server.pem"))
-    .arg("--tlskey")
-    .arg(dir.join("server.key"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn();
-    let server = match child {
-        Ok(child) => Server(child),
-        Err(e) => {
-            return courier_conformance::skip_or_fail(
-                "nats",
-                &format!("cannot start nats-server: {e}"),
-            );
-        }
-    };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some((server, port));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    courier_conformance::skip_or_fail("nats", "the TLS nats-server did not start")
+/// A TLS-only nats-server on a free port.
+async fn tls_server() -> Option<TlsServer> {
+    let program =
+        std::env::var("COURIER_TEST_NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
+    TlsServer::start("nats", &program, |port, cert, key| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "--tls".into(),
+            "--tlscert".into(),
+            cert.display().to_string(),
+            "--tlskey".into(),
+            key.display().to_string(),
+        ]
+    })
+    .await
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_queue_that_trusts_the_ca_talks_tls_and_one_that_does_not_is_refused() {
-    let dir = std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let Some((_server, port)) = tls_server(&dir).await else {
+    let Some(server) = tls_server().await else {
         return;
     };
-    let ca = dir.join("ca.pem");
+    let (port, ca) = (server.port, server.ca_file());
     let uri = format!(
         "tls://127.0.0.1:{port}/tls-queue?jetstream=false&queue_group=g&tls_ca_file={}",
         ca.display()
@@ -197,7 +62,6 @@ async fn a_queue_that_trusts_the_ca_talks_tls_and_one_that_does_not_is_refused()
         .expect_err("an untrusted certificate");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(!queue.is_open());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -4,10 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
-use courier_core::backend::{CredentialParams, OPTION_KEYS, QueueBase, check_known_options};
+use courier_core::backend::{
+    CredentialParams, OPTION_KEYS, QueueBase, TlsFiles, check_known_options,
+};
 use courier_core::{ConfigParams, Error, Result};
 
-/// The options of this backend, besides the shared [`OPTION_KEYS`] (without `options.`).
+/// The options of this backend, besides the shared [`OPTION_KEYS`] and [`TlsFiles::KEYS`]
+/// (without `options.`).
 pub const REDIS_OPTION_KEYS: [&str; 4] = ["db", "group", "tls", "block"];
 
 /// The consumer group when `options.group` is not given.
@@ -27,8 +30,10 @@ pub struct RedisConfig {
     pub port: u16,
     /// The database number: the URI's path (`redis://host/2`) or `options.db`; 0 by default.
     pub db: i64,
-    /// TLS (`rediss://` or `options.tls`).
+    /// TLS (`rediss://`, `options.tls`, or any of the TLS files).
     pub tls: bool,
+    /// A private CA and a client certificate (`tls_ca_file`, `tls_cert_file`, `tls_key_file`).
+    pub tls_files: TlsFiles,
     /// The stream: the queue's name.
     pub stream: String,
     /// The dead-letter queue's stream.
@@ -52,7 +57,9 @@ impl RedisConfig {
     pub(crate) fn from_config(config: &ConfigParams, base: &QueueBase) -> Result<Self> {
         let mut known: Vec<&str> = OPTION_KEYS.to_vec();
         known.extend(REDIS_OPTION_KEYS);
+        known.extend(TlsFiles::KEYS);
         check_known_options(config, &known)?;
+        let tls_files = TlsFiles::from_config(config)?;
         let tls = match config.get("connection.protocol") {
             None | Some("redis") => false,
             Some("rediss") => true,
@@ -62,7 +69,8 @@ impl RedisConfig {
                     format!("`{other}` is not redis or rediss"),
                 ));
             }
-        } || config.get_as_bool("options.tls")?.unwrap_or(false);
+        } || config.get_as_bool("options.tls")?.unwrap_or(false)
+            || tls_files.any();
         let host = config
             .get("connection.host")
             .filter(|h| !h.is_empty())
@@ -111,6 +119,7 @@ impl RedisConfig {
             port,
             db,
             tls,
+            tls_files,
             stream: base.name().to_owned(),
             dead_letter_stream: base.options().dead_letter_queue_name(base.name()),
             group,
@@ -126,8 +135,50 @@ impl RedisConfig {
         format!("{scheme}://{}:{}/{}", self.host, self.port, self.db)
     }
 
+    /// The redis-rs client for these settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](courier_core::ErrorKind::Config) if a TLS file cannot be read or
+    /// redis-rs refuses the settings.
+    pub(crate) fn client(&self) -> Result<redis::Client> {
+        let refused = |e: redis::RedisError| {
+            Error::config(
+                "connection",
+                format!("redis-rs refuses these settings: {e}"),
+            )
+        };
+        let info = self.connection_info().map_err(refused)?;
+        if !self.tls_files.any() {
+            return redis::Client::open(info).map_err(refused);
+        }
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::config(key, format!("cannot read {}: {e}", path.display())))
+        };
+        let root_cert = match &self.tls_files.ca_file {
+            Some(ca) => Some(read("options.tls_ca_file", ca)?),
+            None => None,
+        };
+        let client_tls = match &self.tls_files.client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("options.tls_cert_file", cert)?,
+                client_key: read("options.tls_key_file", key)?,
+            }),
+            None => None,
+        };
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(refused)
+    }
+
     /// The redis-rs connection settings.
-    pub(crate) fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
+    fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
         use redis::IntoConnectionInfo as _;
         let addr = if self.tls {
             redis::ConnectionAddr::TcpTls {

@@ -23,7 +23,8 @@
 //! # Configuration
 //!
 //! `redis://[USER:PASSWORD@]HOST[:PORT][/DB]?queue=NAME&options` (`rediss://` for TLS, with
-//! the system's root certificates; port 6379 and database 0 by default). With
+//! the system's root certificates unless `tls_ca_file` says otherwise; port 6379 and database
+//! 0 by default). With
 //! [`ConfigParams`]: `queue` or `name`, `connection.*` (or `connection.uri`),
 //! `credential.username|password`, and `options.*`:
 //!
@@ -33,6 +34,8 @@
 //! | `db` | 0 | the database, when the URI's path does not give it |
 //! | `block` | 1000 | ms a waiting `receive` blocks on the server before it looks again for abandoned and expired messages |
 //! | `tls` | `false` | TLS, as `rediss://` |
+//! | `tls_ca_file` | the system's roots | PEM root certificates to trust (implies TLS) |
+//! | `tls_cert_file`, `tls_key_file` | none | PEM client certificate and key, for servers that verify clients (implies TLS) |
 //!
 //! plus the shared queue options (`lock_timeout`, `max_deliveries`, `dead_letter_queue`,
 //! `listen_concurrency`, `connect_timeout`, ...; `max_size` is not used: a stream holds what

@@ -676,10 +676,10 @@ impl MessageQueue for RedisMessageQueue {
         if self.is_open() {
             return Ok(());
         }
-        let failed = |kind: ErrorKind, e: redis::RedisError| {
+        let failed = |kind: ErrorKind, hint: &str, e: redis::RedisError| {
             Error::new(
                 kind,
-                format!("cannot connect to Redis at {}", self.config.address()),
+                format!("cannot connect to Redis at {}{hint}", self.config.address()),
             )
             .with_source(e)
             .with_backend(BACKEND)
@@ -687,9 +687,8 @@ impl MessageQueue for RedisMessageQueue {
         };
         let client = self
             .config
-            .connection_info()
-            .and_then(redis::Client::open)
-            .map_err(|e| failed(ErrorKind::Config, e))?;
+            .client()
+            .map_err(|e| e.with_backend(BACKEND).with_queue(self.name()))?;
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.config.connect_timeout))
             .set_response_timeout(Some(self.config.connect_timeout))
@@ -702,9 +701,13 @@ impl MessageQueue for RedisMessageQueue {
         {
             Ok(Ok(commands)) => commands,
             Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
-                return Err(failed(ErrorKind::Config, e));
+                return Err(failed(ErrorKind::Config, ": authentication failed", e));
             }
-            Ok(Err(e)) => return Err(failed(ErrorKind::Connection, e)),
+            Ok(Err(e)) if courier_core::backend::refused_handshake(&e) => {
+                let hint = ": the TLS handshake failed (an untrusted server certificate? see options.tls_ca_file)";
+                return Err(failed(ErrorKind::Config, hint, e));
+            }
+            Ok(Err(e)) => return Err(failed(ErrorKind::Connection, "", e)),
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Connection,

@@ -31,8 +31,8 @@ pub use lock::{LockToken, LockedMessage};
 pub use retry::Backoff;
 
 pub use crate::connection::{
-    ConnectionParams, CredentialParams, check_known_options, check_userinfo, config_from_uri,
-    with_uri_parts,
+    ConnectionParams, CredentialParams, TlsFiles, check_known_options, check_userinfo,
+    config_from_uri, refused_handshake, with_uri_parts,
 };
 pub use crate::factory::{QueueProvider, named_config, register_scheme, registered_schemes};
 pub use crate::options::{OPTION_KEYS, resolve_name};
