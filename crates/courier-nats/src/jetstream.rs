@@ -669,9 +669,11 @@ impl MessageQueue for JetStreamMessageQueue {
         self.within("renew a lock", lock.message.ack_with(AckKind::Progress))
             .await?;
         if lock_timeout > ack_wait {
-            // In progress until `lock_timeout` from now: one more `+WPI` every half `AckWait`.
+            // In progress until `lock_timeout` from now: one more `+WPI` every half `AckWait`,
+            // the last one when less than an `AckWait` is left (the lock may outlast the
+            // deadline by up to an `AckWait`, never fall short of it).
             let stop = CancellationToken::new();
-            let until = deadline_after(tokio::time::Instant::now(), lock_timeout - ack_wait);
+            let until = deadline_after(tokio::time::Instant::now(), lock_timeout);
             let (message, stopped) = (lock.message.clone(), stop.clone());
             let every = (ack_wait / 2).max(Duration::from_millis(10));
             if let Some(older) = lock.keepalive.lock().replace(stop) {
@@ -683,8 +685,10 @@ impl MessageQueue for JetStreamMessageQueue {
                         () = stopped.cancelled() => return,
                         () = tokio::time::sleep(every) => {}
                     }
-                    if tokio::time::Instant::now() >= until
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero()
                         || message.ack_with(AckKind::Progress).await.is_err()
+                        || left <= ack_wait
                     {
                         return;
                     }

@@ -73,6 +73,8 @@ impl RedisConfig {
             || tls_files.any();
         let host = config
             .get("connection.host")
+            // An IPv6 literal from a URI (`redis://[::1]/0`) keeps its brackets there.
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .filter(|h| !h.is_empty())
             .ok_or_else(|| {
                 Error::config(
@@ -240,6 +242,7 @@ mod tests {
         assert_eq!((c.stream.as_str(), c.group.as_str()), ("orders", "g"));
         assert_eq!(c.dead_letter_stream, "orders.dlq");
         assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(parse("redis://[::1]:6380?queue=q").unwrap().host, "::1");
         let c = parse("rediss://h?queue=q").unwrap();
         assert!(c.tls);
         assert_eq!((c.port, c.db, c.block), (6379, 0, DEFAULT_BLOCK));

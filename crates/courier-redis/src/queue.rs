@@ -24,6 +24,9 @@ const GIVEN_BACK_IDLE: u64 = 10 * 365 * 24 * 3600 * 1000;
 /// Consumers that hold nothing and were idle this long are removed from the group on `open`.
 const STALE_CONSUMER: Duration = Duration::from_secs(3600);
 
+/// The most messages one `peek_batch` returns (the server builds the answer in one step).
+const MOST_PEEKED: usize = 10_000;
+
 /// How often a receive looks for messages whose lock ran out before new ones, at least.
 const CLAIM_FIRST_EVERY: Duration = Duration::from_millis(100);
 
@@ -65,7 +68,11 @@ const FETCH_GRACE: Duration = Duration::from_secs(2);
 ///   next, in that order: entries never delivered, then entries whose lock ran out.
 ///   `read_message_count` counts the same: entries never delivered plus pending entries idle
 ///   for `lock_timeout` (abandoned, or held by a consumer that died); held messages are not
-///   counted. `clear` deletes those and leaves held ones.
+///   counted. `clear` deletes those and leaves held ones. `peek_batch` returns at most 10 000
+///   messages.
+/// * **One group per stream.** Completed messages are deleted from the stream (`XDEL`), so a
+///   stream read by two groups (two `options.group` values) would lose each other's messages:
+///   give each application its own queue.
 /// * **Cancellation.** A `receive` dropped while a call to the server is under way leaves the
 ///   call to a task, which gives a message that comes late back uncounted. `close` gives back what this
 ///   consumer still holds (claimable at once, counted) and leaves the group if it holds nothing.
@@ -97,6 +104,8 @@ struct Session {
     readers: parking_lot::Mutex<Vec<MultiplexedConnection>>,
     /// When a receive last looked for messages whose lock ran out before new ones.
     claimed_first: parking_lot::Mutex<tokio::time::Instant>,
+    /// Cancelled by `close`: stops lock renewals.
+    closing: CancellationToken,
 }
 
 /// An entry as a script or a read returns it.
@@ -120,6 +129,9 @@ struct RedisLock {
     surely_held_until: parking_lot::Mutex<tokio::time::Instant>,
     /// Stops the renewals of a lock renewed past `lock_timeout`.
     keepalive: parking_lot::Mutex<Option<CancellationToken>>,
+    /// Held by a renewal under way, and taken by whoever settles the lock after stopping the
+    /// renewals: a renewal never lands after the settling.
+    settling: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RedisLock {
@@ -131,7 +143,14 @@ impl RedisLock {
             deliveries,
             surely_held_until: parking_lot::Mutex::new(until),
             keepalive: parking_lot::Mutex::new(None),
+            settling: Arc::default(),
         }
+    }
+
+    /// Stops the renewals and waits for one under way: the lock is this caller's to settle.
+    async fn stop_renewing(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.stop_keepalive();
+        self.settling.clone().lock_owned().await
     }
 
     /// Whether the entry is still held, with `margin` to spare for the request that settles it
@@ -371,7 +390,12 @@ impl Session {
                 self.readers.lock().push(reader);
                 Ok(read_entry(&value))
             }
-            Ok(Err(e)) if e.to_string().contains("NOGROUP") => {
+            // The group or the stream is gone (a deleted key unblocks readers).
+            Ok(Err(e))
+                if ["NOGROUP", "UNBLOCKED"]
+                    .iter()
+                    .any(|c| e.to_string().contains(c)) =>
+            {
                 self.create_group().await?;
                 Ok(None)
             }
@@ -425,6 +449,12 @@ impl Session {
             .await?;
         Ok(matches!(moved, Value::Int(1)))
     }
+}
+
+/// The idle time that makes a lock of `lock_timeout` end `left` from now (0 when `left` is
+/// longer: the lock then ends `lock_timeout` from now), in ms.
+fn idle_for(lock_timeout: Duration, left: Duration) -> u64 {
+    u64::try_from(lock_timeout.saturating_sub(left).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The error of a call (doing `what`) that got no answer within `connect_timeout`.
@@ -625,7 +655,7 @@ fn entry(value: &Value) -> Option<Entry> {
         .filter_map(|pair| Some((bytes(pair.first()?)?, bytes(pair.get(1)?)?)))
         .collect();
     let deliveries = match parts.get(2) {
-        Some(Value::Int(n)) => u32::try_from(*n).unwrap_or(u32::MAX).max(1),
+        Some(Value::Int(n)) => u32::try_from(*n).unwrap_or(if *n < 0 { 0 } else { u32::MAX }),
         _ => 1,
     };
     Some(Entry {
@@ -731,6 +761,7 @@ impl MessageQueue for RedisMessageQueue {
             consumer: Arc::from(format!("courier-{}", &id[..12])),
             readers: parking_lot::Mutex::new(Vec::new()),
             claimed_first: parking_lot::Mutex::new(tokio::time::Instant::now()),
+            closing: CancellationToken::new(),
         };
         session.create_group().await?;
         session.check_eviction().await;
@@ -746,6 +777,9 @@ impl MessageQueue for RedisMessageQueue {
         }
         self.base.stop_listeners().await;
         self.base.set_open(false);
+        if let Some(session) = self.state.lock().as_ref() {
+            session.closing.cancel();
+        }
         // Fetches of dropped receives give their messages back before the consumer leaves.
         self.fetches.close();
         let _ = tokio::time::timeout(FETCH_GRACE, self.fetches.wait()).await;
@@ -820,6 +854,7 @@ impl MessageQueue for RedisMessageQueue {
         if message_count == 0 {
             return Ok(Vec::new());
         }
+        let message_count = message_count.min(MOST_PEEKED);
         let peeked = session
             .eval(
                 "peek",
@@ -841,10 +876,19 @@ impl MessageQueue for RedisMessageQueue {
         let session = self.session()?;
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         loop {
+            // Closed while this receive waited: it ends, and hands back what came.
+            self.base.check_open()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let block = (!left.is_zero()).then(|| left.min(self.config.block));
             let asked = tokio::time::Instant::now();
-            let Some(taken) = self.fetch(&session, block).await? else {
+            let fetched = self.fetch(&session, block).await?;
+            if !self.is_open() {
+                if let Some(taken) = fetched {
+                    session.give_back(taken).await;
+                }
+                return Err(Error::not_opened(self.name()).with_backend(BACKEND));
+            }
+            let Some(taken) = fetched else {
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(None);
                 }
@@ -861,22 +905,28 @@ impl MessageQueue for RedisMessageQueue {
         let Some((lock, _)) = Self::held(message) else {
             return Ok(());
         };
-        lock.stop_keepalive();
+        let renewing = lock.stop_renewing().await;
         let ours = self.base.options().lock_timeout;
-        let idle = u64::try_from(ours.saturating_sub(lock_timeout).as_millis()).unwrap_or(0);
         let asked = tokio::time::Instant::now();
+        let deadline = deadline_after(asked, lock_timeout);
         if !session
-            .reset("renew a lock", lock, idle, lock.deliveries)
+            .reset(
+                "renew a lock",
+                lock,
+                idle_for(ours, lock_timeout),
+                lock.deliveries,
+            )
             .await?
         {
             return Ok(());
         }
         // Kept renewing past `ours` only while the renewals succeed: surely held for `ours`.
         *lock.surely_held_until.lock() = deadline_after(asked, lock_timeout.min(ours));
+        drop(renewing);
         if lock_timeout > ours {
-            // Held until `lock_timeout` from now: idle reset every half `lock_timeout`.
+            // Held until `deadline`: the idle time set again every half `lock_timeout`, the last
+            // time so that the lock ends at the deadline.
             let stop = CancellationToken::new();
-            let until = deadline_after(tokio::time::Instant::now(), lock_timeout - ours);
             let every = (ours / 2).max(Duration::from_millis(10));
             if let Some(older) = lock.keepalive.lock().replace(stop.clone()) {
                 older.cancel();
@@ -887,20 +937,28 @@ impl MessageQueue for RedisMessageQueue {
                 lock.deliveries,
                 asked,
             );
+            let settling = lock.settling.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
+                        () = session.closing.cancelled() => return,
                         () = tokio::time::sleep(every) => {}
                     }
-                    if tokio::time::Instant::now() >= until
-                        || !matches!(
-                            session
-                                .reset("renew a lock", &renewed, 0, renewed.deliveries)
-                                .await,
-                            Ok(true)
+                    let _renewing = settling.lock().await;
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if stop.is_cancelled() || session.closing.is_cancelled() || left.is_zero() {
+                        return;
+                    }
+                    let renewed = session
+                        .reset(
+                            "renew a lock",
+                            &renewed,
+                            idle_for(ours, left),
+                            renewed.deliveries,
                         )
-                    {
+                        .await;
+                    if !matches!(renewed, Ok(true)) || left <= ours {
                         return;
                     }
                 }
@@ -915,9 +973,11 @@ impl MessageQueue for RedisMessageQueue {
         let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
-        lock.stop_keepalive();
+        let _settling = lock.stop_renewing().await;
         let lock_timeout = self.base.options().lock_timeout;
-        if lock.surely_held((lock_timeout / 5).max(SETTLE_MARGIN)) {
+        // A lock from before the queue was closed and opened again was given back at close.
+        let ours = lock.consumer == session.consumer;
+        if ours && lock.surely_held((lock_timeout / 5).max(SETTLE_MARGIN)) {
             // Nobody else can hold it yet: no need to ask the server who does.
             let mut done = redis::pipe();
             done.atomic()
@@ -959,7 +1019,7 @@ impl MessageQueue for RedisMessageQueue {
         let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
-        lock.stop_keepalive();
+        let _settling = lock.stop_renewing().await;
         if self.base.is_spent(lock.deliveries) {
             if session.bury(lock).await? {
                 self.base.dead_lettered(message);
@@ -979,6 +1039,7 @@ impl MessageQueue for RedisMessageQueue {
         let Some((lock, token)) = Self::held(message) else {
             return Ok(());
         };
+        let _settling = lock.stop_renewing().await;
         if session.bury(lock).await? {
             self.base.dead_lettered(message);
         }

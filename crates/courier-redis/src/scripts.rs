@@ -21,6 +21,9 @@ end
 /// The group's last delivered id (entries after it were never delivered).
 const LAST_DELIVERED: &str = r"
 local function last_delivered()
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return redis.error_reply('NOGROUP no stream ' .. KEYS[1])
+  end
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local name, last
     for i = 1, #g, 2 do
@@ -129,7 +132,19 @@ if #entry > 0 then
     fields[#fields + 1] = 'message'
     fields[#fields + 1] = ''
   end
-  redis.call('XADD', KEYS[2], '*', unpack(fields))
+  if not pcall(function() redis.call('XADD', KEYS[2], '*', unpack(fields)) end) then
+    -- Too many fields to pass at once (a foreign entry): courier's fields only.
+    local kept = {}
+    for i = 1, #fields, 2 do
+      local name = fields[i]
+      if name == 'message_id' or name == 'correlation_id' or name == 'message_type'
+        or name == 'sent_time' or name == 'message' then
+        kept[#kept + 1] = name
+        kept[#kept + 1] = fields[i + 1]
+      end
+    end
+    redis.call('XADD', KEYS[2], '*', unpack(kept))
+  end
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])

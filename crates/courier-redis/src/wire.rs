@@ -4,7 +4,7 @@
 //!
 //! | field | value | when absent or unreadable |
 //! |---|---|---|
-//! | `message_id` | the envelope's id, UTF-8 | a new id |
+//! | `message_id` | the envelope's id, UTF-8 | the entry's id (`1764324000000-0`), the same on every delivery |
 //! | `correlation_id` | UTF-8; absent when the envelope has none | none |
 //! | `message_type` | UTF-8 | empty |
 //! | `sent_time` | RFC 3339 UTC with milliseconds (`2026-11-28T10:00:00.000Z`); every pip-services date format is read | the time in the entry's id (when Redis added it) |
@@ -37,8 +37,8 @@ pub fn fields(envelope: &MessageEnvelope) -> Vec<(&'static str, Bytes)> {
 }
 
 /// The envelope of the entry `id` with `fields`, or `None` if it has no `message` field (it
-/// is not a courier message). Missing or unreadable fields get generated values (see the
-/// module docs); never fails otherwise.
+/// is not a courier message). Missing or unreadable fields get the values of the module docs'
+/// table; never fails otherwise.
 pub fn envelope(id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Option<MessageEnvelope> {
     let (mut message_id, mut correlation_id, mut message_type, mut sent_time, mut message) =
         (None, None, None, None, None);
@@ -58,7 +58,7 @@ pub fn envelope(id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Option<MessageEnve
         }
     }
     let mut envelope = MessageEnvelope::with_id(
-        message_id.unwrap_or_default(),
+        message_id.unwrap_or_else(|| id.to_owned()),
         correlation_id.as_deref(),
         message_type.as_deref().unwrap_or_default(),
         message?,
@@ -105,7 +105,7 @@ mod tests {
             (b"other".to_vec(), b"x".to_vec()),
         ];
         let got = envelope("1700000000000-3", garbage).expect("a message");
-        assert!(!got.message_id.is_empty(), "a generated id");
+        assert_eq!(got.message_id, "1700000000000-3", "the entry's id");
         assert_eq!(got.sent_time, added_at("1700000000000-3"));
         assert_eq!(&got.message[..], b"body");
         assert!(envelope("1-0", vec![(b"data".to_vec(), b"x".to_vec())]).is_none());

@@ -1,6 +1,7 @@
 //! Entries a foreign client adds to a queue's stream with `XADD` (as `redis-cli` would):
 //! without courier's fields, or with garbage in them. Each is delivered with generated values
-//! or moved to the dead-letter queue, never a panic, and a listener keeps running.
+//! (the entry's id for a missing `message_id`) or moved to the dead-letter queue, never a
+//! panic, and a listener keeps running.
 
 mod support;
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 use courier_conformance::{TestMessageReceiver, unique_name};
 use courier_core::{MessageEnvelope, MessageQueue, MessageQueueExt};
 
-/// Adds an entry with `fields` to stream `name`, as a foreign client.
-async fn xadd(url: &str, name: &str, fields: &[(&str, &[u8])]) {
+/// Adds an entry with `fields` to stream `name`, as a foreign client; its id.
+async fn xadd(url: &str, name: &str, fields: &[(&str, &[u8])]) -> String {
     let client = redis::Client::open(url).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let mut add = redis::cmd("XADD");
@@ -19,7 +20,7 @@ async fn xadd(url: &str, name: &str, fields: &[(&str, &[u8])]) {
     for (field, value) in fields {
         add.arg(*field).arg(*value);
     }
-    let _: String = add.query_async(&mut connection).await.unwrap();
+    add.query_async(&mut connection).await.unwrap()
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -37,8 +38,8 @@ async fn foreign_entries_are_delivered_with_generated_values_or_dead_lettered() 
         }
     };
     let queue = open(name.clone()).await;
-    xadd(&url, &name, &[("message", b"only a body")]).await;
-    xadd(
+    let only_body = xadd(&url, &name, &[("message", b"only a body")]).await;
+    let garbage = xadd(
         &url,
         &name,
         &[
@@ -50,7 +51,7 @@ async fn foreign_entries_are_delivered_with_generated_values_or_dead_lettered() 
         ],
     )
     .await;
-    xadd(&url, &name, &[("data", b"no message field")]).await;
+    let _ = xadd(&url, &name, &[("data", b"no message field")]).await;
 
     let first = queue
         .receive(None, Duration::from_secs(5))
@@ -58,7 +59,7 @@ async fn foreign_entries_are_delivered_with_generated_values_or_dead_lettered() 
         .unwrap()
         .expect("the first");
     assert_eq!(&first.message[..], b"only a body");
-    assert_eq!(first.message_id.len(), 32, "a generated id");
+    assert_eq!(first.message_id, only_body, "the entry's id");
     assert!(first.sent_time.is_some(), "the time Redis added it");
     queue.complete(&first).await.unwrap();
     let second = queue
@@ -67,7 +68,7 @@ async fn foreign_entries_are_delivered_with_generated_values_or_dead_lettered() 
         .unwrap()
         .expect("the second");
     assert_eq!(&second.message[..], &[0x00, 0xff]);
-    assert_eq!(second.message_id.len(), 32);
+    assert_eq!(second.message_id, garbage);
     assert_eq!(second.message_type, "");
     assert_eq!(second.correlation_id.as_deref(), Some("c1"));
     queue.complete(&second).await.unwrap();
@@ -104,14 +105,14 @@ async fn a_listener_keeps_running_through_foreign_entries() {
     queue.open(None).await.unwrap();
     let receiver = Arc::new(TestMessageReceiver::new());
     let listening = queue.begin_listen(None, receiver.clone());
-    xadd(&url, &name, &[("junk", b"1")]).await;
-    xadd(&url, &name, &[("message", b"foreign"), ("sent_time", b"?")]).await;
+    let _ = xadd(&url, &name, &[("junk", b"1")]).await;
+    let _ = xadd(&url, &name, &[("message", b"foreign"), ("sent_time", b"?")]).await;
     queue
         .send(None, MessageEnvelope::new(None, "t", "ours"))
         .await
         .unwrap();
     assert_eq!(receiver.wait_for(2, Duration::from_secs(10)).await, 2);
-    xadd(&url, &name, &[("junk", b"2")]).await;
+    let _ = xadd(&url, &name, &[("junk", b"2")]).await;
     queue
         .send(None, MessageEnvelope::new(None, "t", "after"))
         .await
