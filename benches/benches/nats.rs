@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
-use courier_benches::{alternating, median_rate as median, payload};
+use courier_benches::{
+    alternating, median_rate as median, messages_per_round, payload, print_send_take_row,
+};
 use futures::StreamExt;
 
 const ROUNDS: usize = 5;
@@ -192,10 +194,7 @@ fn main() {
                     return;
                 }
             };
-        let count: usize = std::env::var("COURIER_BENCH_MESSAGES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100_000);
+        let count = messages_per_round(100_000);
         // An acknowledged JetStream message costs a round trip: fewer of them.
         let js_count = (count / 50).max(1);
         println!(
@@ -213,19 +212,7 @@ fn main() {
                 async || raw_jetstream(&client, js_count, &body).await,
             )
             .await;
-            let (os, ot) = (
-                median(ours.iter().map(|r| r.0).collect()),
-                median(ours.iter().map(|r| r.1).collect()),
-            );
-            let (rs, rt) = (
-                median(raw.iter().map(|r| r.0).collect()),
-                median(raw.iter().map(|r| r.1).collect()),
-            );
-            println!(
-                "| {size} B | {os:.0} | {rs:.0} | {:.2} | {ot:.0} | {rt:.0} | {:.2} |",
-                os / rs,
-                ot / rt
-            );
+            print_send_take_row(size, &ours, &raw);
         }
         println!(
             "\ncore NATS publish → receive, msg/s (median of {ROUNDS} rounds of {count} messages, the order alternating; raw = async-nats publishing the same headers and reading the subscription)"

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
-use courier_benches::{alternating, median_rate as median, payload};
+use courier_benches::{alternating, messages_per_round, payload, print_send_take_row};
 
 const ROUNDS: usize = 5;
 
@@ -147,10 +147,7 @@ fn main() {
             println!("Redis at {url} is unreachable: nothing to measure");
             return;
         }
-        let count: usize = std::env::var("COURIER_BENCH_MESSAGES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20_000);
+        let count = messages_per_round(20_000);
         println!(
             "\nRedis Streams, msg/s (median of {ROUNDS} rounds of {count} messages, one worker, the order alternating; raw = redis-rs sending the same commands)"
         );
@@ -166,19 +163,7 @@ fn main() {
                 async || raw_round(&url, count, &body).await,
             )
             .await;
-            let (os, ot) = (
-                median(ours.iter().map(|r| r.0).collect()),
-                median(ours.iter().map(|r| r.1).collect()),
-            );
-            let (rs, rt) = (
-                median(raw.iter().map(|r| r.0).collect()),
-                median(raw.iter().map(|r| r.1).collect()),
-            );
-            println!(
-                "| {size} B | {os:.0} | {rs:.0} | {:.2} | {ot:.0} | {rt:.0} | {:.2} |",
-                os / rs,
-                ot / rt
-            );
+            print_send_take_row(size, &ours, &raw);
         }
     });
 }

@@ -181,6 +181,31 @@ pub fn median_rate(mut rates: Vec<f64>) -> f64 {
     rates.get(rates.len() / 2).copied().unwrap_or_default()
 }
 
+/// How many messages a round moves: `COURIER_BENCH_MESSAGES`, else `default`.
+pub fn messages_per_round(default: usize) -> usize {
+    std::env::var("COURIER_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Prints the table row of `size`-byte payloads from rounds of (send, take) rates, msg/s:
+/// courier's and raw's medians and their ratios.
+pub fn print_send_take_row(size: usize, ours: &[(f64, f64)], raw: &[(f64, f64)]) {
+    let medians = |rounds: &[(f64, f64)]| {
+        (
+            median_rate(rounds.iter().map(|r| r.0).collect()),
+            median_rate(rounds.iter().map(|r| r.1).collect()),
+        )
+    };
+    let ((os, ot), (rs, rt)) = (medians(ours), medians(raw));
+    println!(
+        "| {size} B | {os:.0} | {rs:.0} | {:.2} | {ot:.0} | {rt:.0} | {:.2} |",
+        os / rs,
+        ot / rt
+    );
+}
+
 /// Runs `ours` and `raw` `rounds` times each, alternating which goes first so that neither
 /// always meets a warmer server; returns their results, round by round.
 pub async fn alternating<T>(
