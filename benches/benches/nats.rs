@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
 use courier_benches::{
-    alternating, median_rate as median, messages_per_round, payload, print_send_take_row,
+    alternating, courier_send_then_take, median_rate as median, messages_per_round, payload,
+    print_send_take_row,
 };
 use futures::StreamExt;
 
@@ -102,25 +103,9 @@ async fn courier_jetstream(url: &str, count: usize, body: &[u8]) -> (f64, f64) {
     let name = format!("bench-js-{}", uuid::Uuid::new_v4().simple());
     let queue = courier::nats::from_uri(&format!("{url}/{name}")).unwrap();
     queue.open(None).await.unwrap();
-    let start = Instant::now();
-    let body = bytes::Bytes::copy_from_slice(body);
-    for _ in 0..count {
-        let envelope = MessageEnvelope::new(Some("cid"), "bench", body.clone());
-        queue.send(None, envelope).await.unwrap();
-    }
-    let send = count as f64 / start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for _ in 0..count {
-        let m = queue
-            .receive(None, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("a message");
-        queue.complete(&m).await.unwrap();
-    }
-    let take = count as f64 / start.elapsed().as_secs_f64();
+    let rates = courier_send_then_take(&*queue, count, &bytes::Bytes::copy_from_slice(body)).await;
     queue.close(None).await.unwrap();
-    (send, take)
+    rates
 }
 
 /// JetStream through raw async-nats, the same work on the same kind of stream and consumer.

@@ -15,7 +15,9 @@
 use std::time::{Duration, Instant};
 
 use courier::{MessageEnvelope, MessageQueue};
-use courier_benches::{alternating, messages_per_round, payload, print_send_take_row};
+use courier_benches::{
+    alternating, courier_send_then_take, messages_per_round, payload, print_send_take_row,
+};
 
 const ROUNDS: usize = 5;
 
@@ -24,25 +26,10 @@ async fn courier_round(url: &str, count: usize, body: &bytes::Bytes) -> (f64, f6
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let queue = courier::redis::from_uri(&format!("{url}?queue={name}")).unwrap();
     queue.open(None).await.unwrap();
-    let start = Instant::now();
-    for _ in 0..count {
-        let envelope = MessageEnvelope::new(Some("cid"), "bench", body.clone());
-        queue.send(None, envelope).await.unwrap();
-    }
-    let send = count as f64 / start.elapsed().as_secs_f64();
-    let start = Instant::now();
-    for _ in 0..count {
-        let m = queue
-            .receive(None, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .expect("a message");
-        queue.complete(&m).await.unwrap();
-    }
-    let take = count as f64 / start.elapsed().as_secs_f64();
+    let rates = courier_send_then_take(&*queue, count, body).await;
     queue.close(None).await.unwrap();
     delete(url, &name).await;
-    (send, take)
+    rates
 }
 
 /// Raw redis-rs: the same fields with `XADD`; `XREADGROUP` one, then `XACK` + `XDEL`.

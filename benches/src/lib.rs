@@ -181,6 +181,32 @@ pub fn median_rate(mut rates: Vec<f64>) -> f64 {
     rates.get(rates.len() / 2).copied().unwrap_or_default()
 }
 
+/// One worker on an open `queue`: `count` sends of `body`, then `count` receive + complete;
+/// msg/s of each half.
+pub async fn courier_send_then_take(
+    queue: &dyn MessageQueue,
+    count: usize,
+    body: &Bytes,
+) -> (f64, f64) {
+    let start = Instant::now();
+    for _ in 0..count {
+        let envelope = MessageEnvelope::new(Some("cid"), "bench", body.clone());
+        queue.send(None, envelope).await.expect("send");
+    }
+    let send = count as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..count {
+        let m = queue
+            .receive(None, Duration::from_secs(10))
+            .await
+            .expect("receive")
+            .expect("a message");
+        queue.complete(&m).await.expect("complete");
+    }
+    let take = count as f64 / start.elapsed().as_secs_f64();
+    (send, take)
+}
+
 /// How many messages a round moves: `COURIER_BENCH_MESSAGES`, else `default`.
 pub fn messages_per_round(default: usize) -> usize {
     std::env::var("COURIER_BENCH_MESSAGES")
