@@ -402,6 +402,46 @@ async fn pump(
     }
 }
 
+/// A loopback port on which nothing listens, held for as long as this value lives.
+///
+/// Picking a free port by binding a listener and dropping it races with every other test in
+/// the process: a proxy or server started meanwhile may get the same port, and the "closed"
+/// port answers. `ClosedPort` keeps a socket bound to the port without listening on it, so no
+/// one else can take it and every connect to it is refused (`ECONNREFUSED`).
+#[derive(Debug)]
+pub struct ClosedPort {
+    /// Bound, never listening: holds the port.
+    _socket: TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    /// Binds a socket to a free port on `127.0.0.1` and never listens on it.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error if no socket can be bound.
+    pub fn new() -> io::Result<ClosedPort> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(ClosedPort {
+            _socket: socket,
+            port,
+        })
+    }
+
+    /// The port; connecting to `127.0.0.1` on it is refused.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1` and [`port`](Self::port).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +626,15 @@ mod tests {
         within(proxy.restore()).await.unwrap();
         let mut again = connect(proxy.addr()).await;
         assert_eq!(echo(&mut again, b"up again").await, b"up again");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_refuses_and_stays_taken() {
+        let closed = ClosedPort::new().unwrap();
+        let err = TcpStream::connect(closed.addr()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        assert!(std::net::TcpListener::bind(closed.addr()).is_err());
+        assert!(TcpListener::bind(closed.addr()).await.is_err());
     }
 
     #[tokio::test]

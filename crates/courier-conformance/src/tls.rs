@@ -32,38 +32,65 @@ impl TlsServer {
     pub async fn start(
         backend: &str,
         program: &str,
-        args: impl FnOnce(u16, &Path, &Path) -> Vec<String>,
+        args: impl Fn(u16, &Path, &Path) -> Vec<String>,
     ) -> Option<TlsServer> {
         let dir =
             std::env::temp_dir().join(format!("courier-tls-{}", uuid::Uuid::new_v4().simple()));
         if std::fs::create_dir_all(&dir).is_err() || !certificates(&dir) {
             return crate::skip_or_fail(backend, "openssl cannot make test certificates");
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new(program)
-            .args(args(port, &dir.join("server.pem"), &dir.join("server.key")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let server = match child {
-            Ok(child) => TlsServer { child, port, dir },
-            Err(e) => return crate::skip_or_fail(backend, &format!("cannot start {program}: {e}")),
-        };
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Some(server);
+        // A port picked free may be taken by another test before the server binds it: a
+        // server that exits instead of listening is started again on another port.
+        for _ in 0..3 {
+            let Some(port) = free_port() else { break };
+            let child = Command::new(program)
+                .args(args(port, &dir.join("server.pem"), &dir.join("server.key")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            let mut child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return crate::skip_or_fail(backend, &format!("cannot start {program}: {e}"));
+                }
+            };
+            if listening(&mut child, port).await {
+                return Some(TlsServer { child, port, dir });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = child.kill();
+            let _ = child.wait();
         }
+        let _ = std::fs::remove_dir_all(&dir);
         crate::skip_or_fail(backend, &format!("the TLS {program} did not start"))
     }
+}
+
+/// Waits up to 5 s for `child` to accept connections on `port`; false if it exits first or
+/// never does.
+async fn listening(child: &mut Child, port: u16) -> bool {
+    let running = |child: &mut Child| matches!(child.try_wait(), Ok(None));
+    for _ in 0..100 {
+        if !running(child) {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            // Whoever accepted, the server must still be running to own the port.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return running(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A port free on `127.0.0.1` when this returns.
+fn free_port() -> Option<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    Some(listener.local_addr().ok()?.port())
 }
 
 impl Drop for TlsServer {

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use courier_conformance::fault::ClosedPort;
 use courier_conformance::unique_name;
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
 
@@ -65,10 +66,8 @@ async fn open_fails_within_connect_timeout() {
     let Some((proxy, url)) = support::proxied().await else {
         return;
     };
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let nobody = ClosedPort::new().unwrap();
+    let closed_port = nobody.port();
     proxy.stall();
     let closed = format!("nats://127.0.0.1:{closed_port}");
     for (what, base) in [("a closed port", closed), ("a silent server", url)] {

@@ -9,6 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_conformance::fault::ClosedPort;
 use courier_conformance::{outages, unique_name};
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
 use futures::FutureExt as _;
@@ -109,10 +110,8 @@ async fn open_against_a_closed_port_fails_within_connect_timeout() {
     if support::reachable().await.is_none() {
         return;
     }
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let nobody = ClosedPort::new().unwrap();
+    let port = nobody.port();
     let queue = courier_nats::from_uri(&format!(
         "nats://127.0.0.1:{port}/never?connect_timeout=1000"
     ))

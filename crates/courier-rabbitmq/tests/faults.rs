@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_conformance::fault::FaultProxy;
+use courier_conformance::fault::{ClosedPort, FaultProxy};
 use courier_conformance::{outages, unique_name};
 use courier_core::{
     CallbackMessageReceiver, ErrorKind, MessageEnvelope, MessageQueue, MessageQueueExt,
@@ -145,10 +145,8 @@ async fn open_fails_within_connect_timeout() {
     let Some((proxy, url)) = proxied().await else {
         return;
     };
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let nobody = ClosedPort::new().unwrap();
+    let closed_port = nobody.port();
     let mut closed = url::Url::parse(&url).unwrap();
     closed.set_port(Some(closed_port)).unwrap();
     proxy.stall();

@@ -9,6 +9,7 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use courier_conformance::fault::ClosedPort;
 use courier_conformance::{outages, unique_name};
 use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
 
@@ -59,10 +60,8 @@ async fn open_against_a_closed_port_fails_within_connect_timeout() {
     if support::reachable().await.is_none() {
         return;
     }
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let nobody = ClosedPort::new().unwrap();
+    let port = nobody.port();
     let queue = courier_redis::from_uri(&format!(
         "redis://courier:s3cret@127.0.0.1:{port}/0?queue=never&connect_timeout=1000"
     ))
