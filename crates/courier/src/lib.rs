@@ -27,6 +27,11 @@ pub use courier_nats as nats;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use courier_redis as redis;
 
+/// Queues on MQTT 3.1.1, wire-compatible with pip-services.
+#[cfg(feature = "mqtt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mqtt")))]
+pub use courier_mqtt as mqtt;
+
 /// Registers the URI schemes of every enabled backend with the core's registry. Every path of
 /// this crate that creates queues ([`connect`], [`create_from_uri`],
 /// [`DefaultMessagingFactory::new`], [`messaging_factory`]) calls it first, so there is no need
@@ -43,12 +48,14 @@ pub fn register_backends() {
         courier_nats::register();
         #[cfg(feature = "redis")]
         courier_redis::register();
+        #[cfg(feature = "mqtt")]
+        courier_mqtt::register();
     });
 }
 
 /// Creates and opens the queue `uri` names, on any enabled backend: `memory://NAME`, and with
 /// their features `sqlite://PATH?queue=NAME`, `postgres://…?queue=NAME`,
-/// `mysql://…?queue=NAME`, `amqp://…?queue=NAME`, `nats://…/NAME`, `redis://…?queue=NAME`.
+/// `mysql://…?queue=NAME`, `amqp://…?queue=NAME`, `nats://…/NAME`, `redis://…?queue=NAME`, `mqtt://…/TOPIC`.
 /// See [`courier_core::connect`].
 ///
 /// # Errors
@@ -77,7 +84,7 @@ pub fn create_from_uri(uri: &str) -> Result<std::sync::Arc<dyn MessageQueue>> {
 
 /// The pip-services messaging factory with the descriptors of every enabled backend:
 /// `pip-services:message-queue:memory:*:1.0`, `pip-services:queue-factory:memory:*:1.0`, and with
-/// their features `pip-services:message-queue:<sqlite|postgres|mysql|rabbitmq|nats|redis>:*:1.0`. It derefs to
+/// their features `pip-services:message-queue:<sqlite|postgres|mysql|rabbitmq|nats|redis|mqtt>:*:1.0`. It derefs to
 /// [`courier_core::DefaultMessagingFactory`], whose methods it has.
 ///
 /// ```
@@ -104,6 +111,8 @@ impl DefaultMessagingFactory {
         courier_nats::register_descriptors(&mut factory);
         #[cfg(feature = "redis")]
         courier_redis::register_descriptors(&mut factory);
+        #[cfg(feature = "mqtt")]
+        courier_mqtt::register_descriptors(&mut factory);
         DefaultMessagingFactory(factory)
     }
 

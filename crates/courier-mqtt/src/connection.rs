@@ -1,0 +1,699 @@
+//! One queue's MQTT connection: rumqttc's event loop in a task of its own, what `send` waits
+//! for, and the packet ids of the messages the queue holds.
+//!
+//! * **Sends wait for the broker.** At QoS 1 a `send` returns once the broker's PUBACK came
+//!   (at QoS 0, once the packet was written). rumqttc names a publish only by the packet id it
+//!   gives when it writes it, so sends are matched in order: each send queues its waiter and
+//!   its request together, and each publish rumqttc writes with a new packet id takes the
+//!   oldest waiter. A publish written again after a reconnect keeps its packet id and its
+//!   waiter. A publish that a reconnect's new session would drop (rumqttc clears them when
+//!   the broker lost the session) is carried over and written again.
+//! * **Deliveries are acknowledged when completed** (manual acks). A packet id is only
+//!   meaningful on the connection it came on: a message completed after a reconnect is
+//!   acknowledged when the broker sends it again (with DUP) in the resumed session, and that
+//!   copy is dropped; ready messages of a lost connection are dropped from the buffer when
+//!   the session resumes, since the broker sends them again. If the broker lost the session,
+//!   nothing comes again and the buffer keeps what it has.
+//! * **The event loop never waits for the queue.** Deliveries go to the queue's buffer
+//!   through a task of each subscription, so a full buffer never stops the keep-alive, the
+//!   acknowledgements or the sends. At QoS 1 the broker's in-flight window (Mosquitto: 20)
+//!   bounds what it sends before acknowledgements; at QoS 0 messages beyond the buffer's
+//!   `max_size` are dropped, with a warning, as a broker drops them for a slow subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_core::backend::MessageSink;
+use courier_core::{Error, ErrorKind, MessageEnvelope, Result};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, PubAck, QoS, Request, SubscribeReasonCode, Transport,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{MAX_PACKET, MqttConfig, filter_matches};
+use crate::{BACKEND, wire};
+
+/// Requests the client may queue for the event loop before a send waits.
+const REQUESTS: usize = 4096;
+/// Publishes rumqttc keeps in flight (waiting for PUBACK) at once.
+const IN_FLIGHT: u16 = 100;
+
+/// How the broker delivered a message: its packet id on one connection. The handle of the
+/// messages an [`MqttMessageQueue`](crate::MqttMessageQueue) holds.
+#[derive(Debug)]
+pub struct Delivery {
+    pkid: u16,
+    qos: QoS,
+    /// The connection (its number) whose packet id `pkid` is.
+    connection: AtomicU64,
+    /// Completed while its connection was down: acknowledge it when it comes again.
+    completed: AtomicBool,
+    /// Dropped from the buffer: the broker sends it again.
+    forgotten: AtomicBool,
+}
+
+impl Delivery {
+    fn new(pkid: u16, qos: QoS, connection: u64) -> Arc<Self> {
+        Arc::new(Delivery {
+            pkid,
+            qos,
+            connection: AtomicU64::new(connection),
+            completed: AtomicBool::new(false),
+            forgotten: AtomicBool::new(false),
+        })
+    }
+
+    fn at_least_once(&self) -> bool {
+        self.qos != QoS::AtMostOnce
+    }
+}
+
+type Item = (MessageEnvelope, Arc<Delivery>);
+
+/// Sends waiting for the broker, in the order their requests were queued.
+#[derive(Default)]
+struct Publishes {
+    /// Waiters whose publish rumqttc has not written yet.
+    queued: VecDeque<oneshot::Sender<()>>,
+    /// Waiters of written QoS 1 publishes, by packet id, until their PUBACK.
+    written: HashMap<u16, oneshot::Sender<()>>,
+}
+
+impl Publishes {
+    /// rumqttc wrote a publish with `pkid` (0 at QoS 0).
+    fn written(&mut self, pkid: u16) {
+        if pkid != 0 && self.written.contains_key(&pkid) {
+            return; // written again after a reconnect
+        }
+        let Some(waiter) = self.queued.pop_front() else {
+            tracing::warn!(pkid, "An MQTT publish was written that no send waits for");
+            return;
+        };
+        if pkid == 0 {
+            let _ = waiter.send(());
+        } else {
+            self.written.insert(pkid, waiter);
+        }
+    }
+
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(waiter) = self.written.remove(&pkid) {
+            let _ = waiter.send(());
+        }
+    }
+}
+
+/// The packet ids of the QoS 1 messages delivered and not yet acknowledged.
+#[derive(Default)]
+struct Deliveries {
+    /// The current connection's number (1 for the first).
+    connection: u64,
+    /// Whether it is up.
+    up: bool,
+    outstanding: HashMap<u16, Arc<Delivery>>,
+}
+
+/// Where deliveries go: the current subscription, or a backlog until there is one.
+#[derive(Default)]
+struct Inbox {
+    subscription: Option<(mpsc::UnboundedSender<Item>, MessageSink<Arc<Delivery>>)>,
+    backlog: Vec<Item>,
+}
+
+/// What the event loop task and the queue share.
+struct Shared {
+    queue: String,
+    config: MqttConfig,
+    publishes: parking_lot::Mutex<Publishes>,
+    deliveries: parking_lot::Mutex<Deliveries>,
+    inbox: parking_lot::Mutex<Inbox>,
+    /// Deliveries handed to a subscription's task and not pushed yet.
+    in_transit: AtomicUsize,
+    /// Who waits for the next SUBACK.
+    suback: parking_lot::Mutex<Option<oneshot::Sender<Vec<SubscribeReasonCode>>>>,
+    /// Whether the queue is subscribed (a new session subscribes again).
+    subscribed: AtomicBool,
+    /// Why the event loop ended, once it has.
+    ended: parking_lot::Mutex<Option<String>>,
+    /// QoS 0 messages dropped because the buffer was full.
+    dropped: AtomicU64,
+}
+
+/// An open MQTT connection.
+pub(crate) struct Connection {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    /// The event loop task; it hands the event loop back once the queue's DISCONNECT went out.
+    task: JoinHandle<Option<EventLoop>>,
+    /// Whether the session ends with the connection (a generated client id).
+    end_session: bool,
+}
+
+impl Connection {
+    /// Connects as `client_id` and starts the event loop; fails within `connect_timeout`.
+    ///
+    /// `end_session`: discard the broker's session on [`close`](Self::close).
+    pub(crate) async fn open(
+        queue: &str,
+        config: &MqttConfig,
+        client_id: &str,
+        end_session: bool,
+    ) -> Result<Connection> {
+        let options = mqtt_options(config, client_id)?;
+        let (client, mut eventloop) = AsyncClient::new(options, REQUESTS);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
+        let shared = Arc::new(Shared {
+            queue: queue.to_owned(),
+            config: config.clone(),
+            publishes: parking_lot::Mutex::default(),
+            deliveries: parking_lot::Mutex::default(),
+            inbox: parking_lot::Mutex::default(),
+            in_transit: AtomicUsize::new(0),
+            suback: parking_lot::Mutex::default(),
+            subscribed: AtomicBool::new(false),
+            ended: parking_lot::Mutex::default(),
+            dropped: AtomicU64::new(0),
+        });
+        let connected = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack.session_present),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(config.connect_timeout, connected).await {
+            Ok(Ok(session_present)) => {
+                shared.connected(session_present, &client);
+            }
+            Ok(Err(e)) => return Err(connect_error(config, queue, e)),
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Connection,
+                    format!(
+                        "cannot reach MQTT at {} within {:?} (options.connect_timeout)",
+                        config.address(),
+                        config.connect_timeout
+                    ),
+                )
+                .with_backend(BACKEND)
+                .with_queue(queue));
+            }
+        }
+        let task = tokio::spawn(run(eventloop, shared.clone(), client.clone()));
+        Ok(Connection {
+            client,
+            shared,
+            task,
+            end_session,
+        })
+    }
+
+    /// Subscribes to the queue's topic and pushes what comes into `sink`; waits for the
+    /// broker's SUBACK up to `connect_timeout`.
+    pub(crate) async fn subscribe(&self, sink: MessageSink<Arc<Delivery>>) -> Result<()> {
+        self.shared.attach(sink);
+        let (answer, answered) = oneshot::channel();
+        *self.shared.suback.lock() = Some(answer);
+        self.shared.subscribed.store(true, Ordering::SeqCst);
+        let config = &self.shared.config;
+        self.client
+            .subscribe(config.subscription(), config.qos)
+            .await
+            .map_err(|_| self.shared.gone("subscribe"))?;
+        match tokio::time::timeout(config.connect_timeout, answered).await {
+            Ok(Ok(codes)) if codes.contains(&SubscribeReasonCode::Failure) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the broker at {} refused the subscription to `{}` (not authorised?)",
+                    config.address(),
+                    config.subscription()
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_queue(&self.shared.queue)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(self.shared.gone("subscribe")),
+            Err(_) => Err(self.shared.timed_out("subscribe")),
+        }
+    }
+
+    /// Stops pushing deliveries. The broker's subscription stays until the session ends.
+    pub(crate) fn detach(&self) {
+        self.shared.subscribed.store(false, Ordering::SeqCst);
+        let mut inbox = self.shared.inbox.lock();
+        inbox.subscription = None;
+        inbox.backlog.clear();
+    }
+
+    /// Publishes `payload` to `topic` and waits for the broker (see the module docs), at most
+    /// `connect_timeout`.
+    pub(crate) async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+        let config = &self.shared.config;
+        let deadline = Instant::now() + config.connect_timeout;
+        let mut payload: Vec<u8> = payload.into();
+        let answered = loop {
+            if self.shared.ended.lock().is_some() {
+                return Err(self.shared.gone("publish"));
+            }
+            {
+                let mut publishes = self.shared.publishes.lock();
+                match self.client.try_publish(topic, config.qos, config.retain, payload) {
+                    Ok(()) => {
+                        let (answer, answered) = oneshot::channel();
+                        publishes.queued.push_back(answer);
+                        break answered;
+                    }
+                    Err(rumqttc::ClientError::TryRequest(Request::Publish(back))) => {
+                        payload = back.payload.into();
+                    }
+                    Err(_) => return Err(self.shared.gone("publish")),
+                }
+            }
+            // The request channel is full (or closing): wait a little for room.
+            if Instant::now() >= deadline {
+                return Err(self.shared.timed_out("publish"));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.shared.gone("publish")),
+            Err(_) => Err(self.shared.timed_out("publish")),
+        }
+    }
+
+    /// Acknowledges `delivery` (see the module docs for a connection that was lost).
+    pub(crate) async fn complete(&self, delivery: &Delivery) -> Result<()> {
+        if !delivery.at_least_once() {
+            return Ok(());
+        }
+        let now = {
+            let mut deliveries = self.shared.deliveries.lock();
+            let current = deliveries.up
+                && delivery.connection.load(Ordering::SeqCst) == deliveries.connection;
+            let tracked = deliveries
+                .outstanding
+                .get(&delivery.pkid)
+                .is_some_and(|held| std::ptr::eq(&**held, delivery));
+            if current && tracked {
+                deliveries.outstanding.remove(&delivery.pkid);
+            } else if tracked {
+                delivery.completed.store(true, Ordering::SeqCst);
+            }
+            current && tracked
+        };
+        if now {
+            let mut ack = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+            ack.pkid = delivery.pkid;
+            self.client
+                .ack(&ack)
+                .await
+                .map_err(|_| self.shared.gone("acknowledge"))?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects: a DISCONNECT the broker sees, then, with `end_session`, a clean session
+    /// that discards what the broker kept for this client id. Bounded by `connect_timeout`.
+    pub(crate) async fn close(mut self) {
+        self.detach();
+        let timeout = self.shared.config.connect_timeout;
+        let _ = self.client.try_disconnect();
+        let eventloop = match tokio::time::timeout(timeout, &mut self.task).await {
+            Ok(Ok(eventloop)) => eventloop,
+            _ => {
+                self.task.abort();
+                None
+            }
+        };
+        self.shared.end("the queue closed");
+        if let (true, Some(mut eventloop)) = (self.end_session, eventloop) {
+            eventloop.network = None;
+            eventloop.pending.clear();
+            eventloop.mqtt_options.set_clean_session(true);
+            let connected = async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, connected).await;
+        }
+    }
+
+    /// How many QoS 0 messages were dropped because the buffer was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Shared {
+    fn error(&self, kind: ErrorKind, message: String) -> Error {
+        Error::new(kind, message)
+            .with_backend(BACKEND)
+            .with_queue(&self.queue)
+    }
+
+    /// The error of `what` when the event loop has ended.
+    fn gone(&self, what: &str) -> Error {
+        let why = self
+            .ended
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "the connection ended".to_owned());
+        self.error(
+            ErrorKind::Connection,
+            format!(
+                "cannot {what} on MQTT at {}: {why}",
+                self.config.address()
+            ),
+        )
+    }
+
+    fn timed_out(&self, what: &str) -> Error {
+        self.error(
+            ErrorKind::Timeout,
+            format!(
+                "cannot {what} on MQTT at {}: no answer within {:?} (options.connect_timeout); a publish may still be delivered",
+                self.config.address(),
+                self.config.connect_timeout
+            ),
+        )
+    }
+
+    /// Hands deliveries to `sink` from now on, with the backlog first.
+    fn attach(self: &Arc<Self>, sink: MessageSink<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inbox = self.inbox.lock();
+        for item in inbox.backlog.drain(..) {
+            self.in_transit.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(item);
+        }
+        inbox.subscription = Some((tx, sink.clone()));
+        tokio::spawn(push(rx, sink, self.clone()));
+    }
+
+    /// A connection (the first, or a reconnection) is up.
+    fn connected(&self, session_present: bool, client: &AsyncClient) {
+        let mut deliveries = self.deliveries.lock();
+        deliveries.connection += 1;
+        deliveries.up = true;
+        if session_present {
+            // The broker sends again what it delivered and was not acknowledged: drop the
+            // copies that wait in the buffer, ready (those being received stay, and their
+            // copy is dropped when it comes).
+            let current = deliveries.connection;
+            let sink = self
+                .inbox
+                .lock()
+                .subscription
+                .as_ref()
+                .map(|(_, sink)| sink.clone());
+            if let Some(sink) = sink {
+                sink.forget(|delivery: &Arc<Delivery>| {
+                    let again = delivery.at_least_once()
+                        && delivery.connection.load(Ordering::SeqCst) < current
+                        && !delivery.completed.load(Ordering::SeqCst);
+                    if again {
+                        delivery.forgotten.store(true, Ordering::SeqCst);
+                    }
+                    again
+                });
+            }
+            deliveries
+                .outstanding
+                .retain(|_, delivery| !delivery.forgotten.load(Ordering::SeqCst));
+        } else {
+            // A new session: the broker forgot what it delivered, and the subscription.
+            deliveries.outstanding.clear();
+            if self.subscribed.load(Ordering::SeqCst) {
+                let _ = client.try_subscribe(self.config.subscription(), self.config.qos);
+            }
+        }
+    }
+
+    /// `delivery` never reached the buffer: when the broker sends it again, it is new.
+    fn unheld(&self, delivery: &Arc<Delivery>) {
+        let mut deliveries = self.deliveries.lock();
+        if deliveries
+            .outstanding
+            .get(&delivery.pkid)
+            .is_some_and(|held| Arc::ptr_eq(held, delivery))
+        {
+            deliveries.outstanding.remove(&delivery.pkid);
+        }
+    }
+
+    fn disconnected(&self) {
+        self.deliveries.lock().up = false;
+    }
+
+    /// The event loop ended, for `why`: sends and subscriptions waiting fail.
+    fn end(&self, why: &str) {
+        self.ended.lock().get_or_insert_with(|| why.to_owned());
+        self.deliveries.lock().up = false;
+        let mut publishes = self.publishes.lock();
+        publishes.queued.clear();
+        publishes.written.clear();
+        self.suback.lock().take();
+    }
+
+    /// A message came. Returns the packet id to acknowledge at once, if any.
+    fn received(&self, publish: rumqttc::Publish) -> Option<u16> {
+        let qos1 = publish.qos != QoS::AtMostOnce;
+        if !filter_matches(&self.config.topic, &publish.topic) {
+            // An earlier subscription of a persistent session that this queue does not have.
+            tracing::debug!(queue = %self.queue, topic = %publish.topic, "Dropped an MQTT message outside the queue's topic");
+            return qos1.then_some(publish.pkid);
+        }
+        let delivery = if qos1 {
+            let mut deliveries = self.deliveries.lock();
+            let current = deliveries.connection;
+            if let Some(held) = deliveries.outstanding.get(&publish.pkid).cloned() {
+                if publish.dup && held.connection.load(Ordering::SeqCst) < current {
+                    // Sent again in the resumed session: the queue holds it already.
+                    held.connection.store(current, Ordering::SeqCst);
+                    if held.completed.load(Ordering::SeqCst) {
+                        deliveries.outstanding.remove(&publish.pkid);
+                        return Some(publish.pkid);
+                    }
+                    return None;
+                }
+            }
+            let delivery = Delivery::new(publish.pkid, publish.qos, current);
+            deliveries
+                .outstanding
+                .insert(publish.pkid, delivery.clone());
+            delivery
+        } else {
+            Delivery::new(0, QoS::AtMostOnce, 0)
+        };
+        let envelope = wire::decode(
+            &publish.topic,
+            publish.payload,
+            self.config.serialize_envelope,
+        );
+        self.deliver((envelope, delivery));
+        None
+    }
+
+    fn deliver(&self, item: Item) {
+        let mut inbox = self.inbox.lock();
+        let at_most_once = !item.1.at_least_once();
+        let room = match &inbox.subscription {
+            Some((_, sink)) => sink.credits(),
+            None => courier_core::backend::push::DEFAULT_CREDITS,
+        };
+        let waiting = match &inbox.subscription {
+            Some(_) => self.in_transit.load(Ordering::SeqCst),
+            None => inbox.backlog.len(),
+        };
+        if at_most_once && waiting >= room {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(queue = %self.queue, dropped, "The queue's buffer is full: QoS 0 messages are dropped (options.max_size)");
+            }
+            return;
+        }
+        match &inbox.subscription {
+            Some((tx, _)) => {
+                self.in_transit.fetch_add(1, Ordering::SeqCst);
+                if tx.send(item).is_err() {
+                    self.in_transit.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            None => inbox.backlog.push(item),
+        }
+    }
+}
+
+/// A subscription's task: pushes deliveries into its sink, in order, waiting for room.
+async fn push(
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    sink: MessageSink<Arc<Delivery>>,
+    shared: Arc<Shared>,
+) {
+    while let Some((envelope, delivery)) = rx.recv().await {
+        let pushed = sink.push(envelope, delivery).await;
+        shared.in_transit.fetch_sub(1, Ordering::SeqCst);
+        if let Err(refused) = pushed {
+            // The subscription ended: what is left is never acknowledged on this connection,
+            // and a resumed session delivers it again as a new message.
+            shared.unheld(&refused.0);
+            break;
+        }
+    }
+    rx.close();
+    while let Some((_, delivery)) = rx.recv().await {
+        shared.in_transit.fetch_sub(1, Ordering::SeqCst);
+        shared.unheld(&delivery);
+    }
+}
+
+/// The event loop task: polls rumqttc, reconnects, and hands back the event loop when the
+/// queue's DISCONNECT went out (or the connection is given up).
+async fn run(
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    client: AsyncClient,
+) -> Option<EventLoop> {
+    let config = shared.config.clone();
+    // Requests of a lost connection, kept from rumqttc until the next CONNACK: it drops them
+    // when the broker lost the session, and they must go out anyway.
+    let mut carried: VecDeque<Request> = VecDeque::new();
+    let mut failures = 0usize;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                if !carried.is_empty() {
+                    let rest = std::mem::take(&mut eventloop.pending);
+                    eventloop.pending = std::mem::take(&mut carried);
+                    eventloop.pending.extend(rest);
+                }
+                tracing::info!(queue = %shared.queue, session_present = ack.session_present, "Reconnected to MQTT at {}", config.address());
+                shared.connected(ack.session_present, &client);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if let Some(pkid) = shared.received(publish) {
+                    eventloop.pending.push_back(Request::PubAck(PubAck::new(pkid)));
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                shared.publishes.lock().acknowledged(ack.pkid);
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let waiter = shared.suback.lock().take();
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(ack.return_codes);
+                    }
+                    None if ack.return_codes.contains(&SubscribeReasonCode::Failure) => {
+                        tracing::error!(queue = %shared.queue, topic = %config.subscription(), "The broker refused to subscribe the queue again after a reconnect");
+                    }
+                    None => {}
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                shared.publishes.lock().written(pkid);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.end("the queue closed");
+                return Some(eventloop);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.disconnected();
+                carried.extend(std::mem::take(&mut eventloop.pending));
+                failures += 1;
+                let give_up = !config.retry_connect
+                    || config.max_reconnect.is_some_and(|max| failures > max);
+                if give_up {
+                    tracing::error!(queue = %shared.queue, error = %e, "Lost the connection to MQTT at {}; not reconnecting (options.retry_connect, options.max_reconnect)", config.address());
+                    shared.end(&format!("the connection was lost ({e}) and retry_connect is off or max_reconnect reached"));
+                    return None;
+                }
+                if failures == 1 {
+                    tracing::warn!(queue = %shared.queue, error = %e, "Lost the connection to MQTT at {}; reconnecting every {:?}", config.address(), config.reconnect_timeout);
+                } else {
+                    tracing::debug!(queue = %shared.queue, error = %e, failures, "Reconnecting to MQTT failed");
+                }
+                tokio::time::sleep(config.reconnect_timeout).await;
+            }
+        }
+    }
+}
+
+/// rumqttc's options for `config` as `client_id`.
+fn mqtt_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions> {
+    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+    options
+        .set_keep_alive(config.keepalive)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_manual_acks(true)
+        .set_inflight(IN_FLIGHT)
+        // At QoS 1 the broker keeps the session across a lost connection: what was published
+        // meanwhile and what was not acknowledged comes when the queue reconnects.
+        .set_clean_session(config.qos == QoS::AtMostOnce);
+    let credential = config.credential();
+    if let Some(user) = &credential.username {
+        options.set_credentials(user.clone(), credential.password().unwrap_or_default());
+    }
+    if config.tls {
+        let tls = crate::tls::client_config(&config.tls_files)?;
+        options.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
+    Ok(options)
+}
+
+/// The error of a failed first connect.
+fn connect_error(config: &MqttConfig, queue: &str, e: ConnectionError) -> Error {
+    let (kind, hint) = match &e {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                (ErrorKind::Config, ": authentication failed")
+            }
+            ConnectReturnCode::BadClientId => {
+                (ErrorKind::Config, ": the broker refuses the client id")
+            }
+            ConnectReturnCode::RefusedProtocolVersion => {
+                (ErrorKind::Config, ": the broker does not speak MQTT 3.1.1")
+            }
+            _ => (ErrorKind::Connection, ": the broker is unavailable"),
+        },
+        ConnectionError::Tls(_) => (ErrorKind::Config, ": TLS is misconfigured"),
+        _ if courier_core::backend::refused_handshake(&e) => (
+            ErrorKind::Config,
+            ": the TLS handshake failed (an untrusted server certificate? see options.tls_ca_file)",
+        ),
+        _ => (ErrorKind::Connection, ""),
+    };
+    Error::new(
+        kind,
+        format!("cannot connect to MQTT at {}{hint}", config.address()),
+    )
+    .with_source(e)
+    .with_backend(BACKEND)
+    .with_queue(queue)
+}
