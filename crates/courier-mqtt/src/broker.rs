@@ -88,7 +88,8 @@ impl PushBroker for MqttBroker {
         }
         // A generated client id is this queue's alone: its session ends with the queue.
         let end_session = self.config.client_id.is_none();
-        *slot = Some(Connection::open(&self.queue, &self.config, &self.client_id, end_session).await?);
+        *slot =
+            Some(Connection::open(&self.queue, &self.config, &self.client_id, end_session).await?);
         Ok(())
     }
 

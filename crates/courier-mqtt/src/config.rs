@@ -346,7 +346,10 @@ mod tests {
         for (uri, key) in [
             ("mqtt://h/t?qos=2", "options.qos"),
             ("mqtt://h/t?qos=x", "options.qos"),
-            ("mqtt://h/t?keepalive_timeout=500", "options.keepalive_timeout"),
+            (
+                "mqtt://h/t?keepalive_timeout=500",
+                "options.keepalive_timeout",
+            ),
             ("mqtt://h/t?topic=a%2Fb%23", "topic"),
             ("mqtt://h/t?topic=a%2B", "topic"),
             ("mqtt://h/t?nope=1", "options.nope"),

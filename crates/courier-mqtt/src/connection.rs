@@ -9,9 +9,11 @@
 //!   waiter. A publish that a reconnect's new session would drop (rumqttc clears them when
 //!   the broker lost the session) is carried over and written again.
 //! * **Deliveries are acknowledged when completed** (manual acks). A packet id is only
-//!   meaningful on the connection it came on: a message completed after a reconnect is
-//!   acknowledged when the broker sends it again (with DUP) in the resumed session, and that
-//!   copy is dropped; ready messages of a lost connection are dropped from the buffer when
+//!   meaningful on the connection it came on: a message completed while the connection is
+//!   down, or whose acknowledgement was not written before it broke, is acknowledged when the
+//!   broker sends it again (with DUP) in the resumed session, and that copy is dropped; so is
+//!   the copy of an envelope whose acknowledgement was written just before the connection
+//!   broke (same packet id, same message id); ready messages of a lost connection are dropped from the buffer when
 //!   the session resumes, since the broker sends them again. If the broker lost the session,
 //!   nothing comes again and the buffer keeps what it has.
 //! * **The event loop never waits for the queue.** Deliveries go to the queue's buffer
@@ -43,6 +45,9 @@ use crate::{BACKEND, wire};
 const REQUESTS: usize = 4096;
 /// Publishes rumqttc keeps in flight (waiting for PUBACK) at once.
 const IN_FLIGHT: u16 = 100;
+/// Acknowledgements remembered per connection, to drop what the broker sends again when they
+/// were lost with it: more than a broker's in-flight window (Mosquitto: 20).
+const REMEMBERED_ACKS: usize = 1024;
 
 /// How the broker delivered a message: its packet id on one connection. The handle of the
 /// messages an [`MqttMessageQueue`](crate::MqttMessageQueue) holds.
@@ -56,16 +61,19 @@ pub struct Delivery {
     completed: AtomicBool,
     /// Dropped from the buffer: the broker sends it again.
     forgotten: AtomicBool,
+    /// The sender's message id, for an envelope (raw payloads have none of their own).
+    message_id: Option<String>,
 }
 
 impl Delivery {
-    fn new(pkid: u16, qos: QoS, connection: u64) -> Arc<Self> {
+    fn new(pkid: u16, qos: QoS, connection: u64, message_id: Option<String>) -> Arc<Self> {
         Arc::new(Delivery {
             pkid,
             qos,
             connection: AtomicU64::new(connection),
             completed: AtomicBool::new(false),
             forgotten: AtomicBool::new(false),
+            message_id,
         })
     }
 
@@ -117,6 +125,13 @@ struct Deliveries {
     /// Whether it is up.
     up: bool,
     outstanding: HashMap<u16, Arc<Delivery>>,
+    /// The last envelopes whose acknowledgement was written on this connection (packet id,
+    /// message id), at most [`REMEMBERED_ACKS`].
+    acknowledged: VecDeque<(u16, String)>,
+    /// The same for the connection before, while its session resumes: an acknowledgement
+    /// written just before the connection broke may never have reached the broker, which
+    /// then sends the message again, with DUP, under the same packet id.
+    acknowledged_before: VecDeque<(u16, String)>,
 }
 
 /// Where deliveries go: the current subscription, or a backlog until there is one.
@@ -268,7 +283,10 @@ impl Connection {
             }
             {
                 let mut publishes = self.shared.publishes.lock();
-                match self.client.try_publish(topic, config.qos, config.retain, payload) {
+                match self
+                    .client
+                    .try_publish(topic, config.qos, config.retain, payload)
+                {
                     Ok(()) => {
                         let (answer, answered) = oneshot::channel();
                         publishes.queued.push_back(answer);
@@ -299,19 +317,19 @@ impl Connection {
             return Ok(());
         }
         let now = {
-            let mut deliveries = self.shared.deliveries.lock();
-            let current = deliveries.up
-                && delivery.connection.load(Ordering::SeqCst) == deliveries.connection;
+            let deliveries = self.shared.deliveries.lock();
             let tracked = deliveries
                 .outstanding
                 .get(&delivery.pkid)
                 .is_some_and(|held| std::ptr::eq(&**held, delivery));
-            if current && tracked {
-                deliveries.outstanding.remove(&delivery.pkid);
-            } else if tracked {
+            if tracked {
+                // Tracked until the acknowledgement is written: if the connection breaks
+                // first, the copy the broker sends again is acknowledged and dropped.
                 delivery.completed.store(true, Ordering::SeqCst);
             }
-            current && tracked
+            tracked
+                && deliveries.up
+                && delivery.connection.load(Ordering::SeqCst) == deliveries.connection
         };
         if now {
             let mut ack = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
@@ -382,10 +400,7 @@ impl Shared {
             .unwrap_or_else(|| "the connection ended".to_owned());
         self.error(
             ErrorKind::Connection,
-            format!(
-                "cannot {what} on MQTT at {}: {why}",
-                self.config.address()
-            ),
+            format!("cannot {what} on MQTT at {}: {why}", self.config.address()),
         )
     }
 
@@ -417,6 +432,7 @@ impl Shared {
         let mut deliveries = self.deliveries.lock();
         deliveries.connection += 1;
         deliveries.up = true;
+        deliveries.acknowledged_before = std::mem::take(&mut deliveries.acknowledged);
         if session_present {
             // The broker sends again what it delivered and was not acknowledged: drop the
             // copies that wait in the buffer, ready (those being received stay, and their
@@ -445,6 +461,7 @@ impl Shared {
         } else {
             // A new session: the broker forgot what it delivered, and the subscription.
             deliveries.outstanding.clear();
+            deliveries.acknowledged_before.clear();
             if self.subscribed.load(Ordering::SeqCst) {
                 let _ = client.try_subscribe(self.config.subscription(), self.config.qos);
             }
@@ -460,6 +477,25 @@ impl Shared {
             .is_some_and(|held| Arc::ptr_eq(held, delivery))
         {
             deliveries.outstanding.remove(&delivery.pkid);
+        }
+    }
+
+    /// rumqttc wrote the acknowledgement of `pkid`.
+    fn acknowledged(&self, pkid: u16) {
+        let mut deliveries = self.deliveries.lock();
+        let done = deliveries
+            .outstanding
+            .get(&pkid)
+            .is_some_and(|held| held.completed.load(Ordering::SeqCst));
+        if done {
+            if let Some(held) = deliveries.outstanding.remove(&pkid) {
+                if let Some(id) = &held.message_id {
+                    if deliveries.acknowledged.len() == REMEMBERED_ACKS {
+                        deliveries.acknowledged.pop_front();
+                    }
+                    deliveries.acknowledged.push_back((pkid, id.clone()));
+                }
+            }
         }
     }
 
@@ -485,6 +521,11 @@ impl Shared {
             tracing::debug!(queue = %self.queue, topic = %publish.topic, "Dropped an MQTT message outside the queue's topic");
             return qos1.then_some(publish.pkid);
         }
+        let (envelope, is_envelope) = wire::read(
+            &publish.topic,
+            publish.payload,
+            self.config.serialize_envelope,
+        );
         let delivery = if qos1 {
             let mut deliveries = self.deliveries.lock();
             let current = deliveries.connection;
@@ -492,26 +533,35 @@ impl Shared {
                 if publish.dup && held.connection.load(Ordering::SeqCst) < current {
                     // Sent again in the resumed session: the queue holds it already.
                     held.connection.store(current, Ordering::SeqCst);
-                    if held.completed.load(Ordering::SeqCst) {
-                        deliveries.outstanding.remove(&publish.pkid);
-                        return Some(publish.pkid);
-                    }
-                    return None;
+                    return held
+                        .completed
+                        .load(Ordering::SeqCst)
+                        .then_some(publish.pkid);
                 }
             }
-            let delivery = Delivery::new(publish.pkid, publish.qos, current);
+            let before = deliveries
+                .acknowledged_before
+                .iter()
+                .rposition(|(pkid, _)| *pkid == publish.pkid)
+                .and_then(|at| deliveries.acknowledged_before.remove(at));
+            if publish.dup && is_envelope && before.is_some_and(|(_, id)| id == envelope.message_id)
+            {
+                // Completed, and its acknowledgement lost with the connection.
+                return Some(publish.pkid);
+            }
+            let delivery = Delivery::new(
+                publish.pkid,
+                publish.qos,
+                current,
+                is_envelope.then(|| envelope.message_id.clone()),
+            );
             deliveries
                 .outstanding
                 .insert(publish.pkid, delivery.clone());
             delivery
         } else {
-            Delivery::new(0, QoS::AtMostOnce, 0)
+            Delivery::new(0, QoS::AtMostOnce, 0, None)
         };
-        let envelope = wire::decode(
-            &publish.topic,
-            publish.payload,
-            self.config.serialize_envelope,
-        );
         self.deliver((envelope, delivery));
         None
     }
@@ -595,7 +645,9 @@ async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if let Some(pkid) = shared.received(publish) {
-                    eventloop.pending.push_back(Request::PubAck(PubAck::new(pkid)));
+                    eventloop
+                        .pending
+                        .push_back(Request::PubAck(PubAck::new(pkid)));
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
@@ -616,6 +668,7 @@ async fn run(
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 shared.publishes.lock().written(pkid);
             }
+            Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => shared.acknowledged(pkid),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.end("the queue closed");
                 return Some(eventloop);
@@ -625,8 +678,8 @@ async fn run(
                 shared.disconnected();
                 carried.extend(std::mem::take(&mut eventloop.pending));
                 failures += 1;
-                let give_up = !config.retry_connect
-                    || config.max_reconnect.is_some_and(|max| failures > max);
+                let give_up =
+                    !config.retry_connect || config.max_reconnect.is_some_and(|max| failures > max);
                 if give_up {
                     tracing::error!(queue = %shared.queue, error = %e, "Lost the connection to MQTT at {}; not reconnecting (options.retry_connect, options.max_reconnect)", config.address());
                     shared.end(&format!("the connection was lost ({e}) and retry_connect is off or max_reconnect reached"));

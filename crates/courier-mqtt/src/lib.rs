@@ -127,11 +127,10 @@ pub type MqttMessageQueue = CachedMessageQueue<MqttBroker>;
 /// never shows the password.
 pub fn from_uri(uri: &str) -> Result<Arc<dyn MessageQueue>> {
     if uri.contains('#') {
-        return Err(Error::config(
-            "uri",
-            "a URI ends at `#`: write the MQTT wildcard # as %23",
-        )
-        .with_backend(BACKEND));
+        return Err(
+            Error::config("uri", "a URI ends at `#`: write the MQTT wildcard # as %23")
+                .with_backend(BACKEND),
+        );
     }
     from_config(&config_from_uri(uri).map_err(|e| e.with_backend(BACKEND))?)
 }

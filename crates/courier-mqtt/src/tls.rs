@@ -39,11 +39,12 @@ pub(crate) fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig
             }
         }
     }
-    let builder =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::config("options.tls", format!("rustls refuses: {e}")))?
-            .with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::config("options.tls", format!("rustls refuses: {e}")))?
+    .with_root_certificates(roots);
     let config = match &files.client {
         Some((cert, key)) => {
             let chain = certificates("options.tls_cert_file", cert)?;
@@ -67,8 +68,9 @@ pub(crate) fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig
 
 /// The PEM certificates in `path` (at least one).
 fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let unreadable =
-        |e: &dyn std::fmt::Display| Error::config(key, format!("cannot read {}: {e}", path.display()));
+    let unreadable = |e: &dyn std::fmt::Display| {
+        Error::config(key, format!("cannot read {}: {e}", path.display()))
+    };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| unreadable(&e))?
         .collect::<std::result::Result<Vec<_>, _>>()

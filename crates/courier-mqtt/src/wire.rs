@@ -31,9 +31,18 @@ pub fn encode(envelope: &MessageEnvelope, serialize_envelope: bool) -> Bytes {
 /// The envelope of a message received on `topic` with `payload`; see the
 /// [module docs](self) for what is read and what falls back to raw.
 pub fn decode(topic: &str, payload: Bytes, serialize_envelope: bool) -> MessageEnvelope {
+    read(topic, payload, serialize_envelope).0
+}
+
+/// [`decode`], and whether the payload was an envelope (its `message_id` the sender's).
+pub(crate) fn read(
+    topic: &str,
+    payload: Bytes,
+    serialize_envelope: bool,
+) -> (MessageEnvelope, bool) {
     if serialize_envelope {
         if let Some(envelope) = envelope_json(&payload) {
-            return envelope;
+            return (envelope, true);
         }
         tracing::debug!(
             topic,
@@ -41,7 +50,7 @@ pub fn decode(topic: &str, payload: Bytes, serialize_envelope: bool) -> MessageE
             "An MQTT payload is not a pip-services envelope: delivered raw"
         );
     }
-    MessageEnvelope::new(None, topic, payload)
+    (MessageEnvelope::new(None, topic, payload), false)
 }
 
 /// The envelope in `payload`, if it is one.

@@ -85,3 +85,35 @@ impl Harness for MqttHarness {
         courier_mqtt::from_uri(&queue_url(&self.url, name, &all))
     }
 }
+
+/// A fault proxy in front of the broker, and the broker's URL through it.
+pub async fn proxied() -> Option<(courier_conformance::fault::FaultProxy, String)> {
+    let url = reachable().await?;
+    let upstream = tokio::net::lookup_host(host_port(&url))
+        .await
+        .expect("the broker's address")
+        .next()
+        .expect("an address");
+    let proxy = courier_conformance::fault::FaultProxy::start(upstream)
+        .await
+        .expect("a proxy");
+    let url = format!("mqtt://{}", proxy.addr());
+    Some((proxy, url))
+}
+
+/// Opens the queue on `topic` at `url` with `options`.
+pub async fn open(url: &str, topic: &str, options: &[(&str, &str)]) -> Arc<dyn MessageQueue> {
+    let queue = courier_mqtt::from_uri(&queue_url(url, topic, options)).expect("a valid URI");
+    queue.open(None).await.expect("open");
+    queue
+}
+
+/// Receives until `wait` passes with nothing new; returns what came.
+pub async fn drain(queue: &dyn MessageQueue, wait: Duration) -> Vec<courier_core::MessageEnvelope> {
+    let mut got = Vec::new();
+    while let Some(m) = queue.receive(None, wait).await.expect("receive") {
+        queue.complete(&m).await.expect("complete");
+        got.push(m);
+    }
+    got
+}
