@@ -735,11 +735,11 @@ fn connect_error(config: &MqttConfig, queue: &str, e: ConnectionError) -> Error 
             }
             _ => (ErrorKind::Connection, ": the broker is unavailable"),
         },
-        ConnectionError::Tls(_) => (ErrorKind::Config, ": TLS is misconfigured"),
         _ if courier_core::backend::refused_handshake(&e) => (
             ErrorKind::Config,
             ": the TLS handshake failed (an untrusted server certificate? see options.tls_ca_file)",
         ),
+        ConnectionError::Tls(_) => (ErrorKind::Config, ": TLS is misconfigured"),
         _ => (ErrorKind::Connection, ""),
     };
     Error::new(
