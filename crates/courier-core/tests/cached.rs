@@ -561,3 +561,28 @@ async fn a_queue_dropped_without_close_refuses_pushes() {
         .expect("a push into a dropped queue waited forever");
     assert_eq!(pushed.unwrap_err().0, 2);
 }
+
+/// `try_push` hands a message over while a credit is free, gives it back when the queue is
+/// full (and again after a receive frees one, takes it), and after close says `Closed`.
+#[tokio::test]
+async fn try_push_takes_what_fits_and_gives_back_the_rest() {
+    use courier_core::backend::TryPush;
+    let broker = RecordingBroker::default();
+    let queue = recording_queue(&broker, "options.max_size=1").await;
+    let sink = broker.sink();
+    sink.try_push(envelope(0), 1).unwrap();
+    let full = sink.try_push(envelope(1), 2).unwrap_err();
+    let TryPush::Full(back, handle) = full else {
+        panic!("expected Full, got {full:?}");
+    };
+    assert_eq!(handle, 2);
+    let first = queue.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    queue.complete(&first).await.unwrap();
+    sink.try_push(back, handle).unwrap();
+    assert_eq!(queue.read_message_count().await.unwrap(), 1);
+    queue.close(None).await.unwrap();
+    assert!(matches!(
+        sink.try_push(envelope(2), 3),
+        Err(TryPush::Closed(_, 3))
+    ));
+}

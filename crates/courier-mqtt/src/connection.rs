@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_core::backend::MessageSink;
+use courier_core::backend::{MessageSink, TryPush};
 use courier_core::{Error, ErrorKind, MessageEnvelope, Result};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
@@ -566,32 +566,40 @@ impl Shared {
         None
     }
 
-    fn deliver(&self, item: Item) {
+    /// Puts a delivery in the buffer now if it fits and nothing waits ahead of it, else
+    /// hands it to the subscription's task (or keeps it until there is a subscription).
+    fn deliver(&self, (envelope, delivery): Item) {
         let mut inbox = self.inbox.lock();
-        let at_most_once = !item.1.at_least_once();
-        let room = match &inbox.subscription {
-            Some((_, sink)) => sink.credits(),
-            None => courier_core::backend::push::DEFAULT_CREDITS,
+        let Some((tx, sink)) = &inbox.subscription else {
+            inbox.backlog.push((envelope, delivery));
+            return;
         };
-        let waiting = match &inbox.subscription {
-            Some(_) => self.in_transit.load(Ordering::SeqCst),
-            None => inbox.backlog.len(),
+        let waiting = self.in_transit.load(Ordering::SeqCst);
+        let (envelope, delivery) = if waiting == 0 {
+            match sink.try_push(envelope, delivery) {
+                Ok(()) => return,
+                Err(TryPush::Full(envelope, delivery)) => (envelope, delivery),
+                Err(TryPush::Closed(_, delivery)) => {
+                    // The subscription ended: never acknowledged on this connection.
+                    drop(inbox);
+                    self.unheld(&delivery);
+                    return;
+                }
+            }
+        } else {
+            (envelope, delivery)
         };
-        if at_most_once && waiting >= room {
+        if !delivery.at_least_once() && waiting >= sink.credits() {
+            drop(inbox);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(queue = %self.queue, dropped, "The queue's buffer is full: QoS 0 messages are dropped (options.max_size)");
             }
             return;
         }
-        match &inbox.subscription {
-            Some((tx, _)) => {
-                self.in_transit.fetch_add(1, Ordering::SeqCst);
-                if tx.send(item).is_err() {
-                    self.in_transit.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-            None => inbox.backlog.push(item),
+        self.in_transit.fetch_add(1, Ordering::SeqCst);
+        if tx.send((envelope, delivery)).is_err() {
+            self.in_transit.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

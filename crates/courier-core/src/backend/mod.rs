@@ -36,4 +36,4 @@ pub use crate::connection::{
 };
 pub use crate::factory::{QueueProvider, named_config, register_scheme, registered_schemes};
 pub use crate::options::{OPTION_KEYS, resolve_name};
-pub use push::{Closed, MessageSink, PushBroker, Redelivery};
+pub use push::{Closed, MessageSink, PushBroker, Redelivery, TryPush};

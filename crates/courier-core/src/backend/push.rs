@@ -253,6 +253,17 @@ impl<H> fmt::Display for Closed<H> {
 
 impl<H: fmt::Debug> std::error::Error for Closed<H> {}
 
+/// A [`MessageSink::try_push`] that did not hand the message over: the envelope and handle,
+/// given back.
+#[derive(Debug)]
+pub enum TryPush<H> {
+    /// The queue holds as many messages as it has credits: push later (or with
+    /// [`MessageSink::push`], which waits).
+    Full(MessageEnvelope, H),
+    /// The subscription ended: give the delivery back to the broker.
+    Closed(MessageEnvelope, H),
+}
+
 /// Where a [`PushBroker`] puts the messages of one subscription. Cheap to clone.
 pub struct MessageSink<H> {
     buffer: MemoryMessageQueue,
@@ -297,19 +308,46 @@ impl<H: Send + Sync + 'static> MessageSink<H> {
     /// Cancel safe: a cancelled push did not hand the message over.
     pub async fn push(
         &self,
-        mut envelope: MessageEnvelope,
+        envelope: MessageEnvelope,
         handle: H,
     ) -> std::result::Result<(), Closed<H>> {
         let Ok(credit) = self.credits.clone().acquire_owned().await else {
             return Err(Closed(handle));
         };
+        self.hand_over(envelope, handle, credit);
+        Ok(())
+    }
+
+    /// [`push`](Self::push) without waiting: hands the message over if the queue has a credit
+    /// free now, else gives both back. For a delivery loop that must not stop (it also serves
+    /// sends and keep-alives): it can keep what does not fit for a task that waits.
+    ///
+    /// # Errors
+    ///
+    /// [`TryPush::Full`] with the envelope and handle when no credit is free;
+    /// [`TryPush::Closed`] with them if the subscription ended.
+    pub fn try_push(
+        &self,
+        envelope: MessageEnvelope,
+        handle: H,
+    ) -> std::result::Result<(), TryPush<H>> {
+        match self.credits.clone().try_acquire_owned() {
+            Ok(credit) => {
+                self.hand_over(envelope, handle, credit);
+                Ok(())
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(TryPush::Full(envelope, handle)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(TryPush::Closed(envelope, handle)),
+        }
+    }
+
+    fn hand_over(&self, mut envelope: MessageEnvelope, handle: H, credit: OwnedSemaphorePermit) {
         envelope.set_lock_token(None);
         envelope.set_delivery(Some(DeliveryHandle(Arc::new(Held {
             handle: Mutex::new(Some(handle)),
             credit: Mutex::new(Some(credit)),
         }))));
         self.buffer.push_incoming(envelope);
-        Ok(())
     }
 
     /// Drops the messages the queue holds, ready and not yet received, whose handle `forget`
