@@ -1,7 +1,8 @@
 //! MQTT queues at QoS 1 against raw rumqttc doing the same work, in one run, with 64 B and
-//! 4 KiB payloads: `count` sends, each waiting for the broker's PUBACK (raw: `publish` of the
-//! same envelope JSON, then waiting for its PUBACK event), then `count` receive + complete
-//! (raw: reading the subscription's publishes and acknowledging each by hand). Both sides are
+//! 4 KiB payloads: `count` sends, each waiting for the broker's PUBACK (raw: building the
+//! pip-services envelope JSON with serde_json and base64, `publish`, then waiting for its
+//! PUBACK event), then `count` receive + complete (raw: reading the subscription's publishes,
+//! parsing each envelope and decoding its payload, and acknowledging it by hand). Both sides are
 //! one client that is subscribed to the topic it publishes to, with manual acknowledgements
 //! and a persistent session.
 //!
@@ -15,12 +16,11 @@
 
 use std::time::{Duration, Instant};
 
-use courier::MessageEnvelope;
 use courier_benches::{alternating, courier_send_then_take, payload, print_send_take_row};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 11;
 
 /// courier: a queue on a fresh topic; (send, receive + complete) msg/s.
 async fn courier_round(url: &str, count: usize, body: &bytes::Bytes) -> (f64, f64) {
@@ -68,13 +68,10 @@ async fn raw_round(host: &str, port: u16, count: usize, body: &bytes::Bytes) -> 
         .await
         .unwrap();
     subscribed.recv().await.expect("a SUBACK");
-    let mut envelope = MessageEnvelope::new(Some("cid"), "bench", body.clone());
-    envelope.sent_time = Some(chrono::Utc::now());
-    let json = bytes::Bytes::from(envelope.to_json());
     let start = Instant::now();
     for _ in 0..count {
         client
-            .publish_bytes(topic.clone(), QoS::AtLeastOnce, false, json.clone())
+            .publish_bytes(topic.clone(), QoS::AtLeastOnce, false, envelope_json(body))
             .await
             .unwrap();
         acks.recv().await.expect("a PUBACK");
@@ -86,7 +83,7 @@ async fn raw_round(host: &str, port: u16, count: usize, body: &bytes::Bytes) -> 
             .await
             .expect("a message in time")
             .expect("a message");
-        std::hint::black_box(&publish.payload);
+        std::hint::black_box(read_envelope(&publish.payload));
         client.ack(&publish).await.unwrap();
     }
     let take = count as f64 / start.elapsed().as_secs_f64();
@@ -95,6 +92,32 @@ async fn raw_round(host: &str, port: u16, count: usize, body: &bytes::Bytes) -> 
     let _ = client.disconnect().await;
     let _ = task.await;
     (send, take)
+}
+
+/// What a hand-written pip-services sender does per message: the envelope's JSON, the
+/// payload in base64.
+fn envelope_json(body: &[u8]) -> bytes::Bytes {
+    use base64::Engine as _;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let json = serde_json::json!({
+        "message_id": id,
+        "correlation_id": "cid",
+        "message_type": "bench",
+        "sent_time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "message": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    bytes::Bytes::from(serde_json::to_vec(&json).expect("JSON"))
+}
+
+/// What a hand-written pip-services reader does per message: parse the JSON, decode the
+/// payload.
+fn read_envelope(payload: &[u8]) -> (serde_json::Value, Vec<u8>) {
+    use base64::Engine as _;
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("an envelope");
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(value["message"].as_str().expect("a payload"))
+        .expect("base64");
+    (value, body)
 }
 
 fn main() {
@@ -115,7 +138,7 @@ fn main() {
         }
         let count = courier_benches::messages_per_round(1000).min(1000);
         println!(
-            "\nMQTT QoS 1, msg/s (median of {ROUNDS} rounds of {count} messages, one worker, the order alternating; raw = rumqttc with manual acks publishing the same envelope JSON)"
+            "\nMQTT QoS 1, msg/s (median of {ROUNDS} rounds of {count} messages, one worker, the order alternating; raw = rumqttc with manual acks, writing and reading the same envelope JSON with serde_json)"
         );
         println!(
             "| payload | courier send | raw publish+PUBACK | ratio | courier receive+complete | raw read+ack | ratio |"

@@ -60,13 +60,12 @@ fn envelope_json(payload: &[u8]) -> Option<MessageEnvelope> {
     if *first != b'{' {
         return None;
     }
-    let text = std::str::from_utf8(payload).ok()?;
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
     let object = value.as_object()?;
     if !object.contains_key("message") && !object.contains_key("message_id") {
         return None;
     }
-    MessageEnvelope::from_json(text).ok()
+    MessageEnvelope::from_json_value(&value).ok()
 }
 
 #[cfg(test)]

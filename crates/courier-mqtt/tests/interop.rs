@@ -66,7 +66,12 @@ async fn what_courier_sends_the_pip_services_queue_receives() {
     let queue = support::open(&url, &topic, &[("autosubscribe", "false")]).await;
     let mut peer = Command::new(python)
         .arg(interop_dir().join("mqtt_peer.py"))
-        .args(["receive", &topic, &format!("pip-{}", &topic[topic.len() - 8..]), "2"])
+        .args([
+            "receive",
+            &topic,
+            &format!("pip-{}", &topic[topic.len() - 8..]),
+            "2",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("the peer runs");
@@ -121,7 +126,11 @@ async fn what_the_pip_services_queue_sends_courier_receives() {
     ];
     let mut peer = Command::new(python)
         .arg(interop_dir().join("mqtt_peer.py"))
-        .args(["send", &topic, &format!("pip-{}", &topic[topic.len() - 8..])])
+        .args([
+            "send",
+            &topic,
+            &format!("pip-{}", &topic[topic.len() - 8..]),
+        ])
         .stdin(Stdio::piped())
         .spawn()
         .expect("the peer runs");
@@ -149,7 +158,10 @@ async fn what_the_pip_services_queue_sends_courier_receives() {
     assert_eq!(got[0].correlation_id.as_deref(), Some("123"));
     assert_eq!(got[0].message_type, "Test");
     assert_eq!(got[0].message_as_string().unwrap(), "Test message");
-    assert!(got[0].sent_time.is_some(), "Python's naive sent_time is read");
+    assert!(
+        got[0].sent_time.is_some(),
+        "Python's naive sent_time is read"
+    );
     assert_eq!(got[1].message_id, "m2");
     assert_eq!(got[1].correlation_id, None);
     assert_eq!(&got[1].message[..], &[0u8, 255, 1]);

@@ -54,7 +54,10 @@ async fn a_queue_that_trusts_the_ca_talks_tls_and_one_that_does_not_is_refused()
     // The system's roots do not hold the test CA: the certificate is refused.
     let untrusted = format!("mqtts://127.0.0.1:{port}/tls-queue?connect_timeout=3000");
     let queue = courier_mqtt::from_uri(&untrusted).unwrap();
-    let e = queue.open(None).await.expect_err("an untrusted certificate");
+    let e = queue
+        .open(None)
+        .await
+        .expect_err("an untrusted certificate");
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
     assert!(e.to_string().contains("tls_ca_file"), "{e}");
 }

@@ -326,6 +326,8 @@ impl<H: Send + Sync + 'static> MessageSink<H> {
     ///
     /// [`TryPush::Full`] with the envelope and handle when no credit is free;
     /// [`TryPush::Closed`] with them if the subscription ended.
+    // The envelope comes back by value: boxing it would allocate on every refusal.
+    #[allow(clippy::result_large_err)]
     pub fn try_push(
         &self,
         envelope: MessageEnvelope,

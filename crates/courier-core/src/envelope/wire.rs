@@ -72,18 +72,28 @@ impl MessageEnvelope {
     pub fn from_json(json: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(json)
             .map_err(|e| Error::invalid_message(format!("envelope is not JSON: {e}")))?;
+        Self::from_json_value(&value)
+    }
+
+    /// [`from_json`](Self::from_json) of JSON already parsed: for a caller that looks at the
+    /// document first (to tell an envelope from a foreign payload, say) without parsing twice.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_json`](Self::from_json).
+    pub fn from_json_value(value: &Value) -> Result<Self> {
         let Value::Object(map) = value else {
             return Err(Error::invalid_message("envelope JSON is not an object"));
         };
-        let message_id = string_field(&map, "message_id")?
+        let message_id = string_field(map, "message_id")?
             .filter(|s| !s.is_empty())
             .map_or_else(new_message_id, str::to_owned);
-        let correlation_id = match string_field(&map, "trace_id")? {
+        let correlation_id = match string_field(map, "trace_id")? {
             Some(id) if !id.is_empty() => Some(id),
-            _ => string_field(&map, "correlation_id")?.filter(|s| !s.is_empty()),
+            _ => string_field(map, "correlation_id")?.filter(|s| !s.is_empty()),
         };
-        let message_type = string_field(&map, "message_type")?.unwrap_or("");
-        let sent_time = match string_field(&map, "sent_time")? {
+        let message_type = string_field(map, "message_type")?.unwrap_or("");
+        let sent_time = match string_field(map, "sent_time")? {
             Some(s) if !s.is_empty() => Some(parse_time(s)?),
             _ => None,
         };
