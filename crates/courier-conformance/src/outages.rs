@@ -209,6 +209,26 @@ pub async fn outage_sends_fail_or_land(proxy: &FaultProxy, queue: &dyn MessageQu
     }
 }
 
+/// `open` on `queue`, which points at a port nothing listens on or a server that never
+/// answers, fails with `Connection` within `limit`, leaves the queue closed, and shows no
+/// `secret` (the password its URI holds) in the error, its `Debug` or the queue's `Debug`.
+///
+/// # Panics
+///
+/// If `open` succeeds, fails otherwise, takes longer, or shows `secret`.
+pub async fn open_fails_fast(queue: &dyn MessageQueue, limit: Duration, secret: &str) {
+    let started = Instant::now();
+    let err = queue.open(None).await.expect_err("open against nothing");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(took < limit, "open failed after {took:?}, over {limit:?}");
+    assert!(!queue.is_open());
+    if !secret.is_empty() {
+        let shown = format!("{err} {err:?} {queue:?}");
+        assert!(!shown.contains(secret), "the password shows: {shown}");
+    }
+}
+
 /// Fails unless `e` is what a broken network may cause.
 fn assert_transient(e: &courier_core::Error, what: &str) {
     assert!(

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
+
 /// A server started by a test, killed (and its files removed) when dropped.
 #[derive(Debug)]
 pub struct TlsServer {
@@ -64,6 +66,38 @@ impl TlsServer {
         let _ = std::fs::remove_dir_all(&dir);
         crate::skip_or_fail(backend, &format!("the TLS {program} did not start"))
     }
+}
+
+/// What every backend's TLS test checks on a [`TlsServer`]: `trusted` (configured with
+/// `tls_ca_file` = [`TlsServer::ca_file`]) opens, sends and receives over TLS; `untrusted`
+/// (the system's roots, which lack the test CA) is refused with a `Config` error that points
+/// at `tls_ca_file`, and stays closed.
+///
+/// # Panics
+///
+/// If either does otherwise.
+pub async fn trusted_and_refused(trusted: &dyn MessageQueue, untrusted: &dyn MessageQueue) {
+    trusted.open(None).await.expect("open over TLS");
+    trusted
+        .send(None, MessageEnvelope::new(Some("c1"), "t", "over tls"))
+        .await
+        .expect("send over TLS");
+    let got = trusted
+        .receive(None, Duration::from_secs(5))
+        .await
+        .expect("receive over TLS")
+        .expect("the message, over TLS");
+    assert_eq!(&got.message[..], b"over tls");
+    trusted.complete(&got).await.expect("complete over TLS");
+    trusted.close(None).await.expect("close");
+
+    let e = untrusted
+        .open(None)
+        .await
+        .expect_err("an untrusted certificate");
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("tls_ca_file"), "{e}");
+    assert!(!untrusted.is_open());
 }
 
 /// Waits up to 5 s for `child` to accept connections on `port`; false if it exits first or

@@ -2,10 +2,8 @@
 //! a CA the test makes with `openssl`. A queue that trusts the CA (`tls_ca_file`) sends and
 //! receives over TLS; one that does not is refused with a `Config` error.
 
-use std::time::Duration;
-
-use courier_conformance::tls::TlsServer;
-use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
+use courier_conformance::tls::{self, TlsServer};
+use courier_core::ErrorKind;
 
 /// A TLS-only nats-server on a free port.
 async fn tls_server() -> Option<TlsServer> {
@@ -33,35 +31,16 @@ async fn a_queue_that_trusts_the_ca_talks_tls_and_one_that_does_not_is_refused()
         return;
     };
     let (port, ca) = (server.port, server.ca_file());
-    let uri = format!(
+    let trusted = courier_nats::from_uri(&format!(
         "tls://127.0.0.1:{port}/tls-queue?jetstream=false&queue_group=g&tls_ca_file={}",
         ca.display()
-    );
-    let queue = courier_nats::from_uri(&uri).unwrap();
-    queue.open(None).await.expect("open over TLS");
-    queue
-        .send(None, MessageEnvelope::new(Some("c1"), "t", "over tls"))
-        .await
-        .unwrap();
-    let got = queue
-        .receive(None, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("the message, over TLS");
-    assert_eq!(&got.message[..], b"over tls");
-    queue.close(None).await.unwrap();
-
-    // The system's roots do not hold the test CA: the certificate is refused.
-    let untrusted = format!(
+    ))
+    .unwrap();
+    let untrusted = courier_nats::from_uri(&format!(
         "tls://127.0.0.1:{port}/tls-queue?jetstream=false&connect_timeout=3000&retry_connect=false"
-    );
-    let queue = courier_nats::from_uri(&untrusted).unwrap();
-    let e = queue
-        .open(None)
-        .await
-        .expect_err("an untrusted certificate");
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(!queue.is_open());
+    ))
+    .unwrap();
+    tls::trusted_and_refused(&*trusted, &*untrusted).await;
 }
 
 #[test]

@@ -2,10 +2,8 @@
 //! by a CA the test makes. A queue that trusts the CA (`rediss://…&tls_ca_file=`) works end to
 //! end; one that does not is refused with a `Config` error that says why.
 
-use std::time::Duration;
-
-use courier_conformance::tls::TlsServer;
-use courier_core::{ErrorKind, MessageEnvelope, MessageQueue};
+use courier_conformance::tls::{self, TlsServer};
+use courier_core::ErrorKind;
 
 /// A TLS-only redis-server on a free port, keeping nothing on disk.
 async fn tls_server() -> Option<TlsServer> {
@@ -47,38 +45,18 @@ async fn a_queue_that_trusts_the_ca_talks_tls_and_one_that_does_not_is_refused()
     let Some(server) = tls_server().await else {
         return;
     };
-    let uri = format!(
+    let trusted = courier_redis::from_uri(&format!(
         "rediss://127.0.0.1:{}/0?queue=tls-queue&tls_ca_file={}",
         server.port,
         server.ca_file().display()
-    );
-    let queue = courier_redis::from_uri(&uri).unwrap();
-    queue.open(None).await.expect("open over TLS");
-    queue
-        .send(None, MessageEnvelope::new(Some("c1"), "t", "over tls"))
-        .await
-        .unwrap();
-    let got = queue
-        .receive(None, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .expect("the message, over TLS");
-    assert_eq!(&got.message[..], b"over tls");
-    queue.complete(&got).await.unwrap();
-    queue.close(None).await.unwrap();
-
-    // The system's roots do not hold the test CA: the certificate is refused.
-    let untrusted = format!(
+    ))
+    .unwrap();
+    let untrusted = courier_redis::from_uri(&format!(
         "rediss://127.0.0.1:{}/0?queue=tls-queue&connect_timeout=3000",
         server.port
-    );
-    let queue = courier_redis::from_uri(&untrusted).unwrap();
-    let e = queue
-        .open(None)
-        .await
-        .expect_err("an untrusted certificate");
-    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
-    assert!(!queue.is_open());
+    ))
+    .unwrap();
+    tls::trusted_and_refused(&*trusted, &*untrusted).await;
 }
 
 #[test]
