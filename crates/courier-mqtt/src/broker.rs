@@ -144,12 +144,21 @@ impl PushBroker for MqttBroker {
         connection.publish(topic, payload).await
     }
 
+    /// Keeps the message for the next subscription of this connection (see
+    /// [`Delivery`]): MQTT has no way to hand a delivery back but to reconnect.
+    async fn abandon(&self, message: &MessageEnvelope, handle: Arc<Delivery>) -> Result<()> {
+        if let Some(connection) = self.connection.read().await.as_ref() {
+            connection.give_back(message, handle);
+        }
+        Ok(())
+    }
+
     async fn complete(&self, _message: &MessageEnvelope, handle: Arc<Delivery>) -> Result<()> {
         let connection = self.connection.read().await;
-        match connection.as_ref() {
-            Some(connection) => connection.complete(&handle).await,
-            // Closed: the broker delivers it again to a session that resumes.
-            None => Ok(()),
+        // Closed: the broker delivers it again to a session that resumes.
+        if let Some(connection) = connection.as_ref() {
+            connection.complete(&handle);
         }
+        Ok(())
     }
 }

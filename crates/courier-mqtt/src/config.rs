@@ -128,7 +128,30 @@ impl MqttConfig {
                 .filter(|p| *p != 0)
                 .ok_or_else(port_error)?,
         };
-        let topic = text("topic").unwrap_or_else(|| base.name().to_owned());
+        let mut topic = text("topic").unwrap_or_else(|| base.name().to_owned());
+        let mut group = text("group");
+        if let Some(shared) = topic.strip_prefix("$share/") {
+            // `$share/GROUP/TOPIC`, as EMQX and HiveMQ users write it: the group option.
+            let Some((name, rest)) = shared.split_once('/') else {
+                return Err(Error::config(
+                    "topic",
+                    "a shared subscription is $share/GROUP/TOPIC",
+                ));
+            };
+            if group.as_deref().is_some_and(|g| g != name) {
+                return Err(Error::config(
+                    "options.group",
+                    format!("conflicts with the group `{name}` of the topic"),
+                ));
+            }
+            group = Some(name.to_owned());
+            topic = rest.to_owned();
+        } else if topic.starts_with("$queue/") {
+            return Err(Error::config(
+                "topic",
+                "EMQX's $queue/TOPIC is not supported: give the topic and group=NAME (a shared subscription)",
+            ));
+        }
         if !valid_filter(&topic) {
             return Err(Error::config(
                 "topic",
@@ -137,7 +160,6 @@ impl MqttConfig {
                 ),
             ));
         }
-        let group = text("group");
         if let Some(group) = &group {
             if group.contains(['/', '+', '#', '\0']) {
                 return Err(Error::config(
@@ -172,6 +194,9 @@ impl MqttConfig {
                 "must be 0 (off) or between 1000 ms and 65535000 ms: MQTT counts it in seconds",
             ));
         }
+        // Whole seconds: rumqttc pings on the duration given and the broker expects the
+        // seconds declared, so they must agree.
+        let keepalive = Duration::from_secs(keepalive.as_secs());
         let reconnect_timeout = config
             .get_as_duration_ms("options.reconnect_timeout")?
             .unwrap_or(Duration::from_secs(1));
@@ -329,6 +354,14 @@ mod tests {
         assert_eq!(c.client_id.as_deref(), Some("me"));
         assert!(c.keepalive.is_zero());
         assert_eq!(c.subscription(), "sensors/+/temp");
+        let shared = parse("mqtt://h/jobs?topic=%24share%2Fworkers%2Fjobs").unwrap();
+        assert_eq!(
+            (shared.topic.as_str(), shared.group.as_deref()),
+            ("jobs", Some("workers"))
+        );
+        assert_eq!(shared.subscription(), "$share/workers/jobs");
+        let whole = parse("mqtt://h/t?keepalive_timeout=1999").unwrap();
+        assert_eq!(whole.keepalive, Duration::from_secs(1));
         let grouped = parse("mqtt://h/jobs?group=workers").unwrap();
         assert_eq!(grouped.subscription(), "$share/workers/jobs");
         assert_eq!(grouped.publish_topic.as_deref(), Some("jobs"));

@@ -32,7 +32,7 @@ use courier_core::backend::{MessageSink, TryPush};
 use courier_core::{Error, ErrorKind, MessageEnvelope, Result};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, PubAck, QoS, Request, SubscribeReasonCode, Transport,
+    Packet, PubAck, PubRec, QoS, Request, Subscribe, SubscribeReasonCode, Transport,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -209,7 +209,8 @@ impl Connection {
         };
         match tokio::time::timeout(config.connect_timeout, connected).await {
             Ok(Ok(session_present)) => {
-                shared.connected(session_present, &client);
+                // The first connection: the queue is not subscribed yet.
+                let _ = shared.connected(session_present);
             }
             Ok(Err(e)) => return Err(connect_error(config, queue, e)),
             Err(_) => {
@@ -225,7 +226,7 @@ impl Connection {
                 .with_queue(queue));
             }
         }
-        let task = tokio::spawn(run(eventloop, shared.clone(), client.clone()));
+        let task = tokio::spawn(run(eventloop, shared.clone()));
         Ok(Connection {
             client,
             shared,
@@ -242,11 +243,18 @@ impl Connection {
         *self.shared.suback.lock() = Some(answer);
         self.shared.subscribed.store(true, Ordering::SeqCst);
         let config = &self.shared.config;
-        self.client
-            .subscribe(config.subscription(), config.qos)
-            .await
-            .map_err(|_| self.shared.gone("subscribe"))?;
-        match tokio::time::timeout(config.connect_timeout, answered).await {
+        let deadline = Instant::now() + config.connect_timeout;
+        match tokio::time::timeout_at(
+            deadline,
+            self.client.subscribe(config.subscription(), config.qos),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(self.shared.gone("subscribe")),
+            Err(_) => return Err(self.shared.timed_out("subscribe")),
+        }
+        match tokio::time::timeout_at(deadline, answered).await {
             Ok(Ok(codes)) if codes.contains(&SubscribeReasonCode::Failure) => Err(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -312,34 +320,52 @@ impl Connection {
     }
 
     /// Acknowledges `delivery` (see the module docs for a connection that was lost).
-    pub(crate) async fn complete(&self, delivery: &Delivery) -> Result<()> {
+    pub(crate) fn complete(&self, delivery: &Delivery) {
         if !delivery.at_least_once() {
-            return Ok(());
+            return;
         }
-        let now = {
+        // Decided and queued under the lock the event loop takes when the connection breaks:
+        // an acknowledgement is queued only while its connection is up (and rumqttc drops
+        // those the break catches in its queue).
+        let deliveries = self.shared.deliveries.lock();
+        let tracked = deliveries
+            .outstanding
+            .get(&delivery.pkid)
+            .is_some_and(|held| std::ptr::eq(&**held, delivery));
+        if !tracked {
+            return; // its session is gone: nothing to acknowledge
+        }
+        // Tracked until the acknowledgement is written: if the connection breaks first, the
+        // copy the broker sends again is acknowledged and dropped.
+        delivery.completed.store(true, Ordering::SeqCst);
+        let current =
+            deliveries.up && delivery.connection.load(Ordering::SeqCst) == deliveries.connection;
+        if current {
+            let mut ack = rumqttc::Publish::new("", delivery.qos, Vec::new());
+            ack.pkid = delivery.pkid;
+            if self.client.try_ack(&ack).is_err() {
+                // rumqttc's request queue is full: acknowledged when the broker sends the
+                // message again after the next reconnect.
+                tracing::warn!(queue = %self.shared.queue, pkid = delivery.pkid, "Could not queue an MQTT acknowledgement");
+            }
+        }
+    }
+
+    /// Takes back a message the queue held and gave back (it closed, or its subscription
+    /// failed): the next subscription gets it again, unless it is settled or belongs to an
+    /// earlier connection of the queue.
+    pub(crate) fn give_back(&self, message: &MessageEnvelope, delivery: Arc<Delivery>) {
+        if delivery.at_least_once() {
             let deliveries = self.shared.deliveries.lock();
             let tracked = deliveries
                 .outstanding
                 .get(&delivery.pkid)
-                .is_some_and(|held| std::ptr::eq(&**held, delivery));
-            if tracked {
-                // Tracked until the acknowledgement is written: if the connection breaks
-                // first, the copy the broker sends again is acknowledged and dropped.
-                delivery.completed.store(true, Ordering::SeqCst);
+                .is_some_and(|held| Arc::ptr_eq(held, &delivery));
+            if !tracked || delivery.completed.load(Ordering::SeqCst) {
+                return;
             }
-            tracked
-                && deliveries.up
-                && delivery.connection.load(Ordering::SeqCst) == deliveries.connection
-        };
-        if now {
-            let mut ack = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
-            ack.pkid = delivery.pkid;
-            self.client
-                .ack(&ack)
-                .await
-                .map_err(|_| self.shared.gone("acknowledge"))?;
         }
-        Ok(())
+        self.shared.requeue((message.clone(), delivery));
     }
 
     /// Disconnects: a DISCONNECT the broker sees, then, with `end_session`, a clean session
@@ -347,9 +373,15 @@ impl Connection {
     pub(crate) async fn close(mut self) {
         self.detach();
         let timeout = self.shared.config.connect_timeout;
-        let _ = self.client.try_disconnect();
-        let eventloop = match tokio::time::timeout(timeout, &mut self.task).await {
-            Ok(Ok(eventloop)) => eventloop,
+        let disconnect = async {
+            if self.client.disconnect().await.is_ok() {
+                (&mut self.task).await.ok().flatten()
+            } else {
+                None
+            }
+        };
+        let eventloop = match tokio::time::timeout(timeout, disconnect).await {
+            Ok(Some(eventloop)) => Some(eventloop),
             _ => {
                 self.task.abort();
                 None
@@ -380,6 +412,8 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // Ends the subscription's task too (it holds a sender of its own channel).
+        self.detach();
         self.task.abort();
     }
 }
@@ -428,7 +462,9 @@ impl Shared {
     }
 
     /// A connection (the first, or a reconnection) is up.
-    fn connected(&self, session_present: bool, client: &AsyncClient) {
+    /// Returns whether the queue must subscribe again (a new session of a subscribed queue).
+    #[must_use]
+    fn connected(&self, session_present: bool) -> bool {
         let mut deliveries = self.deliveries.lock();
         deliveries.connection += 1;
         deliveries.up = true;
@@ -462,22 +498,15 @@ impl Shared {
             // A new session: the broker forgot what it delivered, and the subscription.
             deliveries.outstanding.clear();
             deliveries.acknowledged_before.clear();
-            if self.subscribed.load(Ordering::SeqCst) {
-                let _ = client.try_subscribe(self.config.subscription(), self.config.qos);
-            }
         }
+        !session_present && self.subscribed.load(Ordering::SeqCst)
     }
 
-    /// `delivery` never reached the buffer: when the broker sends it again, it is new.
-    fn unheld(&self, delivery: &Arc<Delivery>) {
-        let mut deliveries = self.deliveries.lock();
-        if deliveries
-            .outstanding
-            .get(&delivery.pkid)
-            .is_some_and(|held| Arc::ptr_eq(held, delivery))
-        {
-            deliveries.outstanding.remove(&delivery.pkid);
-        }
+    /// Keeps a delivery the subscription refused, or the queue gave back, for the next
+    /// subscription: MQTT only sends an unacknowledged message again after a reconnect, and
+    /// until then it takes one of the broker's in-flight slots.
+    fn requeue(&self, item: Item) {
+        self.inbox.lock().backlog.push(item);
     }
 
     /// rumqttc wrote the acknowledgement of `pkid`.
@@ -513,13 +542,13 @@ impl Shared {
         self.suback.lock().take();
     }
 
-    /// A message came. Returns the packet id to acknowledge at once, if any.
-    fn received(&self, publish: rumqttc::Publish) -> Option<u16> {
+    /// A message came. Returns the packet id and QoS to acknowledge at once, if any.
+    fn received(&self, publish: rumqttc::Publish) -> Option<(u16, QoS)> {
         let qos1 = publish.qos != QoS::AtMostOnce;
         if !filter_matches(&self.config.topic, &publish.topic) {
             // An earlier subscription of a persistent session that this queue does not have.
-            tracing::debug!(queue = %self.queue, topic = %publish.topic, "Dropped an MQTT message outside the queue's topic");
-            return qos1.then_some(publish.pkid);
+            tracing::warn!(queue = %self.queue, topic = %publish.topic, "Dropped an MQTT message outside the queue's topic");
+            return qos1.then_some((publish.pkid, publish.qos));
         }
         let (envelope, is_envelope) = wire::read(
             &publish.topic,
@@ -536,7 +565,7 @@ impl Shared {
                     return held
                         .completed
                         .load(Ordering::SeqCst)
-                        .then_some(publish.pkid);
+                        .then_some((publish.pkid, publish.qos));
                 }
             }
             let before = deliveries
@@ -547,7 +576,7 @@ impl Shared {
             if publish.dup && is_envelope && before.is_some_and(|(_, id)| id == envelope.message_id)
             {
                 // Completed, and its acknowledgement lost with the connection.
-                return Some(publish.pkid);
+                return Some((publish.pkid, publish.qos));
             }
             let delivery = Delivery::new(
                 publish.pkid,
@@ -579,10 +608,9 @@ impl Shared {
             match sink.try_push(envelope, delivery) {
                 Ok(()) => return,
                 Err(TryPush::Full(envelope, delivery)) => (envelope, delivery),
-                Err(TryPush::Closed(_, delivery)) => {
-                    // The subscription ended: never acknowledged on this connection.
-                    drop(inbox);
-                    self.unheld(&delivery);
+                Err(TryPush::Closed(envelope, delivery)) => {
+                    // The subscription ended: kept for the next one.
+                    inbox.backlog.push((envelope, delivery));
                     return;
                 }
             }
@@ -611,80 +639,82 @@ async fn push(
     shared: Arc<Shared>,
 ) {
     while let Some((envelope, delivery)) = rx.recv().await {
-        let pushed = sink.push(envelope, delivery).await;
+        let pushed = sink.push(envelope.clone(), delivery).await;
         shared.in_transit.fetch_sub(1, Ordering::SeqCst);
         if let Err(refused) = pushed {
-            // The subscription ended: what is left is never acknowledged on this connection,
-            // and a resumed session delivers it again as a new message.
-            shared.unheld(&refused.0);
+            // The subscription ended: this and the rest wait for the next one (the broker
+            // would only send them again after a reconnect).
+            shared.requeue((envelope, refused.0));
             break;
         }
     }
     rx.close();
-    while let Some((_, delivery)) = rx.recv().await {
+    while let Some(item) = rx.recv().await {
         shared.in_transit.fetch_sub(1, Ordering::SeqCst);
-        shared.unheld(&delivery);
+        shared.requeue(item);
     }
 }
 
+/// What the event loop does after an event.
+enum Flow {
+    Continue,
+    /// The queue's DISCONNECT went out.
+    Closed,
+}
+
 /// The event loop task: polls rumqttc, reconnects, and hands back the event loop when the
-/// queue's DISCONNECT went out (or the connection is given up).
-async fn run(
-    mut eventloop: EventLoop,
-    shared: Arc<Shared>,
-    client: AsyncClient,
-) -> Option<EventLoop> {
+/// queue's DISCONNECT went out (`None` when it gave the connection up).
+async fn run(mut eventloop: EventLoop, shared: Arc<Shared>) -> Option<EventLoop> {
     let config = shared.config.clone();
     // Requests of a lost connection, kept from rumqttc until the next CONNACK: it drops them
     // when the broker lost the session, and they must go out anyway.
     let mut carried: VecDeque<Request> = VecDeque::new();
+    // Publishes never written that came back from a lost connection, in send order: fed to
+    // rumqttc one at a time, only when it would read its own request channel (see `gate`).
+    let mut held: VecDeque<Request> = VecDeque::new();
     let mut failures = 0usize;
     loop {
+        gate(&mut eventloop, &mut held);
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
-                if !carried.is_empty() {
-                    let rest = std::mem::take(&mut eventloop.pending);
-                    eventloop.pending = std::mem::take(&mut carried);
-                    eventloop.pending.extend(rest);
+                for request in std::mem::take(&mut carried) {
+                    if is_new_publish(&request) {
+                        held.push_back(request);
+                    } else {
+                        eventloop.pending.push_back(request);
+                    }
                 }
                 tracing::info!(queue = %shared.queue, session_present = ack.session_present, "Reconnected to MQTT at {}", config.address());
-                shared.connected(ack.session_present, &client);
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let Some(pkid) = shared.received(publish) {
-                    eventloop
-                        .pending
-                        .push_back(Request::PubAck(PubAck::new(pkid)));
+                if shared.connected(ack.session_present) {
+                    // A new session: subscribe again, ahead of the requests waiting.
+                    let subscribe = Subscribe::new(config.subscription(), config.qos);
+                    eventloop.pending.push_front(Request::Subscribe(subscribe));
                 }
             }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                shared.publishes.lock().acknowledged(ack.pkid);
-            }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let waiter = shared.suback.lock().take();
-                match waiter {
-                    Some(waiter) => {
-                        let _ = waiter.send(ack.return_codes);
-                    }
-                    None if ack.return_codes.contains(&SubscribeReasonCode::Failure) => {
-                        tracing::error!(queue = %shared.queue, topic = %config.subscription(), "The broker refused to subscribe the queue again after a reconnect");
-                    }
-                    None => {}
+            Ok(event) => {
+                if let Flow::Closed = handle(event, &shared, &mut eventloop) {
+                    shared.end("the queue closed");
+                    return Some(eventloop);
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                shared.publishes.lock().written(pkid);
-            }
-            Ok(Event::Outgoing(Outgoing::PubAck(pkid))) => shared.acknowledged(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                shared.end("the queue closed");
-                return Some(eventloop);
-            }
-            Ok(_) => {}
             Err(e) => {
+                // What rumqttc read before the error belongs to the lost connection.
+                while let Some(event) = eventloop.state.events.pop_front() {
+                    let _ = handle(event, &shared, &mut eventloop);
+                }
                 shared.disconnected();
-                carried.extend(std::mem::take(&mut eventloop.pending));
+                // Acknowledgements queued since rumqttc cleaned up are dropped with the
+                // others: the broker sends those messages again (with DUP) when the session
+                // resumes, and they are acknowledged then.
+                eventloop.clean();
+                let mut lost = std::mem::take(&mut eventloop.pending);
+                if lost.front().is_some_and(is_new_publish) {
+                    // The one publish `gate` let through comes before the held ones.
+                    carried.extend(lost.pop_front());
+                }
+                carried.extend(held.drain(..));
+                carried.extend(lost.into_iter().filter(|r| !is_ack(r)));
                 failures += 1;
                 let give_up =
                     !config.retry_connect || config.max_reconnect.is_some_and(|max| failures > max);
@@ -701,6 +731,70 @@ async fn run(
                 tokio::time::sleep(config.reconnect_timeout).await;
             }
         }
+    }
+}
+
+/// Handles an event of the current connection (anything but a CONNACK).
+fn handle(event: Event, shared: &Shared, eventloop: &mut EventLoop) -> Flow {
+    match event {
+        Event::Incoming(Packet::Publish(publish)) => {
+            if let Some((pkid, qos)) = shared.received(publish) {
+                eventloop.pending.push_back(ack_request(pkid, qos));
+            }
+        }
+        Event::Incoming(Packet::PubAck(ack)) => shared.publishes.lock().acknowledged(ack.pkid),
+        Event::Incoming(Packet::SubAck(ack)) => {
+            let waiter = shared.suback.lock().take();
+            match waiter {
+                Some(waiter) => {
+                    let _ = waiter.send(ack.return_codes);
+                }
+                None if ack.return_codes.contains(&SubscribeReasonCode::Failure) => {
+                    tracing::error!(queue = %shared.queue, topic = %shared.config.subscription(), "The broker refused to subscribe the queue again after a reconnect");
+                }
+                None => {}
+            }
+        }
+        Event::Outgoing(Outgoing::Publish(pkid)) => shared.publishes.lock().written(pkid),
+        Event::Outgoing(Outgoing::PubAck(pkid) | Outgoing::PubRec(pkid)) => {
+            shared.acknowledged(pkid);
+        }
+        Event::Outgoing(Outgoing::Disconnect) => return Flow::Closed,
+        _ => {}
+    }
+    Flow::Continue
+}
+
+/// Feeds the held publishes to rumqttc as it would read its own request channel: one at a
+/// time, at the front of `pending`, and only while fewer than its in-flight limit wait for a
+/// PUBACK and no packet id collision is parked. rumqttc writes whatever is in `pending`
+/// without those checks, and a second collision would overwrite the first publish.
+fn gate(eventloop: &mut EventLoop, held: &mut VecDeque<Request>) {
+    if held.is_empty() || eventloop.pending.front().is_some_and(is_new_publish) {
+        return;
+    }
+    let open = eventloop.state.inflight() < IN_FLIGHT && eventloop.state.collision.is_none();
+    if open {
+        if let Some(request) = held.pop_front() {
+            eventloop.pending.push_front(request);
+        }
+    }
+}
+
+/// A publish rumqttc has not given a packet id yet (never written).
+fn is_new_publish(request: &Request) -> bool {
+    matches!(request, Request::Publish(publish) if publish.pkid == 0)
+}
+
+fn is_ack(request: &Request) -> bool {
+    matches!(request, Request::PubAck(_) | Request::PubRec(_))
+}
+
+/// The request that acknowledges a delivery of `qos` with `pkid`.
+fn ack_request(pkid: u16, qos: QoS) -> Request {
+    match qos {
+        QoS::ExactlyOnce => Request::PubRec(PubRec::new(pkid)),
+        _ => Request::PubAck(PubAck::new(pkid)),
     }
 }
 
@@ -757,4 +851,71 @@ fn connect_error(config: &MqttConfig, queue: &str, e: ConnectionError) -> Error 
     .with_source(e)
     .with_backend(BACKEND)
     .with_queue(queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(body: &str) -> Request {
+        Request::Publish(rumqttc::Publish::new(
+            "t",
+            QoS::AtLeastOnce,
+            body.as_bytes(),
+        ))
+    }
+
+    fn bodies(requests: &VecDeque<Request>) -> Vec<String> {
+        requests
+            .iter()
+            .map(|r| match r {
+                Request::Publish(p) => String::from_utf8_lossy(&p.payload).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gate_feeds_held_publishes_one_at_a_time_and_only_when_rumqttc_would_read() {
+        let (_client, mut eventloop) =
+            AsyncClient::new(MqttOptions::new("gate", "127.0.0.1", 1883), 10);
+        let mut held: VecDeque<Request> = [publish("a"), publish("b")].into();
+        eventloop
+            .pending
+            .push_back(ack_request(7, QoS::AtLeastOnce));
+        gate(&mut eventloop, &mut held);
+        assert_eq!(
+            bodies(&eventloop.pending)[0],
+            "a",
+            "the next one goes first"
+        );
+        assert_eq!(bodies(&held), ["b"]);
+        // It waits at the front until written: nothing more is let through meanwhile.
+        gate(&mut eventloop, &mut held);
+        assert_eq!(eventloop.pending.len(), 2);
+        assert_eq!(held.len(), 1);
+        // Written; then a collision is parked: rumqttc would not read its queue, nor does this.
+        eventloop.pending.pop_front();
+        eventloop.state.collision = Some(rumqttc::Publish::new("t", QoS::AtLeastOnce, "x"));
+        gate(&mut eventloop, &mut held);
+        assert_eq!(held.len(), 1);
+        eventloop.state.collision = None;
+        gate(&mut eventloop, &mut held);
+        assert!(held.is_empty());
+        assert_eq!(bodies(&eventloop.pending)[0], "b");
+    }
+
+    #[test]
+    fn acknowledgements_follow_the_delivery_qos() {
+        assert!(matches!(
+            ack_request(3, QoS::AtLeastOnce),
+            Request::PubAck(PubAck { pkid: 3 })
+        ));
+        assert!(matches!(
+            ack_request(3, QoS::ExactlyOnce),
+            Request::PubRec(PubRec { pkid: 3 })
+        ));
+        assert!(is_ack(&ack_request(1, QoS::ExactlyOnce)));
+        assert!(is_new_publish(&publish("x")));
+    }
 }

@@ -45,7 +45,9 @@
 //! * **A client id of its own per queue** (`courier` and 16 hex digits) unless `client_id` is
 //!   given. pip-services uses the host name, so two processes on one host take each other's
 //!   session. With a generated id, `close` ends the session (the broker forgets the
-//!   subscription). With a **fixed `client_id`** at QoS 1 the session outlives the queue: the
+//!   subscription); a queue dropped without `close`, or a process that dies, leaves its
+//!   session on the broker until the broker expires it (Mosquitto:
+//!   `persistent_client_expiration`, off by default). With a **fixed `client_id`** at QoS 1 the session outlives the queue: the
 //!   broker keeps the subscription, and what is published while the queue is closed, for the
 //!   next queue that opens with that id (a durable subscriber). Open it once with `qos=0` to
 //!   make the broker forget it.
@@ -86,14 +88,16 @@
 //! | `max_reconnect` | unlimited | failed reconnect attempts in a row before the queue gives up |
 //! | `reconnect_timeout` | 1000 | ms between reconnect attempts |
 //! | `keepalive_timeout` | 60000 | ms of MQTT keep-alive (0: off; whole seconds) |
-//! | `connect_timeout` | 30000 | ms `open`, a subscription or a `send`'s acknowledgement may take |
+//! | `connect_timeout` | 10000 | ms `open`, a subscription or a `send`'s acknowledgement may take |
 //! | `tls` | `false` | require TLS |
 //! | `tls_ca_file` | the system's roots | PEM root certificates to trust (implies `tls`) |
 //! | `tls_cert_file`, `tls_key_file` | none | PEM client certificate and key (implies `tls`) |
 //!
 //! plus the shared queue options (`max_size` bounds the buffer: at QoS 0 messages beyond it
-//! are dropped, at QoS 1 the broker's in-flight window holds them back). Unknown options are
-//! an error.
+//! are dropped; at QoS 1 the broker's in-flight window, Mosquitto's `max_inflight_messages`,
+//! bounds what it sends before acknowledgements, and on a broker without one what does not
+//! fit waits in memory). Unknown options are an error. A `topic` of `$share/GROUP/TOPIC` is
+//! read as `topic=TOPIC` and `group=GROUP`.
 
 mod broker;
 mod config;
