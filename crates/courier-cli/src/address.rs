@@ -124,7 +124,10 @@ mod tests {
             queue_uri("orders", Some("redis://h/0?block=500"), None),
             "redis://h/0?block=500&queue=orders"
         );
-        assert_eq!(queue_uri("memory://x", Some("nats://h"), None), "memory://x");
+        assert_eq!(
+            queue_uri("memory://x", Some("nats://h"), None),
+            "memory://x"
+        );
     }
 
     #[test]
@@ -142,7 +145,11 @@ mod tests {
             "memory://orders.dlq"
         );
         assert_eq!(
-            with_option("sqlite://q.db?queue=a&listen_concurrency=1", "listen_concurrency", "4"),
+            with_option(
+                "sqlite://q.db?queue=a&listen_concurrency=1",
+                "listen_concurrency",
+                "4"
+            ),
             "sqlite://q.db?queue=a&listen_concurrency=4"
         );
     }

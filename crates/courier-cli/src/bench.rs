@@ -61,16 +61,21 @@ async fn measure(
         );
         consumers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut last = Instant::now();
             while received.load(Ordering::SeqCst) < total {
                 let Some(m) = queue.receive(None, Duration::from_millis(100)).await? else {
-                    if start.elapsed() > STALL && latencies.is_empty() {
+                    if last.elapsed() > STALL {
                         return Err(courier::Error::new(
                             ErrorKind::Timeout,
-                            "no message arrived: does this queue keep what is sent before it is received?",
+                            format!(
+                                "{} of {total} messages arrived, then none for {STALL:?}: the queue lost some (a broker that drops what its subscribers do not take fast enough?)",
+                                received.load(Ordering::SeqCst)
+                            ),
                         ));
                     }
                     continue;
                 };
+                last = Instant::now();
                 latencies.push(since_stamp(&m.message));
                 queue.complete(&m).await?;
                 received.fetch_add(1, Ordering::SeqCst);
@@ -81,8 +86,8 @@ async fn measure(
     }
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let share = args.messages / args.producers
-            + usize::from(p < args.messages % args.producers);
+        let share =
+            args.messages / args.producers + usize::from(p < args.messages % args.producers);
         let (queue, size) = (queue.clone(), args.size);
         producers.push(tokio::spawn(async move {
             for _ in 0..share {
@@ -143,7 +148,11 @@ fn report(uri: &str, args: &BenchArgs, outcome: &Outcome) -> Result<(), Failure>
         let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
         latencies.get(i).copied().unwrap_or_default()
     };
-    let (p50, p99, max) = (at(0.5), at(0.99), latencies.last().copied().unwrap_or_default());
+    let (p50, p99, max) = (
+        at(0.5),
+        at(0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
     let rate = args.messages as f64 / outcome.seconds;
     let mib = rate * args.size as f64 / (1024.0 * 1024.0);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;

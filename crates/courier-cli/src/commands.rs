@@ -16,6 +16,8 @@ use crate::{Env, Exit, Failure};
 
 /// How many dead letters `dead-letters` shows at most.
 const SHOWN: usize = 10_000;
+/// How long `dead-letters --requeue` waits for the next dead letter.
+const REQUEUE_WAIT: Duration = Duration::from_millis(500);
 
 /// Runs `command`.
 pub(crate) async fn run(command: Command, env: &Env) -> std::result::Result<Exit, Failure> {
@@ -34,11 +36,11 @@ pub(crate) async fn run(command: Command, env: &Env) -> std::result::Result<Exit
             };
             let result = async {
                 if lines {
-                    let input: Box<dyn BufRead> = match &file {
+                    let input: Box<dyn BufRead + Send> = match &file {
                         Some(path) => Box::new(std::io::BufReader::new(
                             std::fs::File::open(path).map_err(|e| read_error(path, e))?,
                         )),
-                        None => Box::new(std::io::stdin().lock()),
+                        None => Box::new(std::io::BufReader::new(std::io::stdin())),
                     };
                     for line in input.lines() {
                         let line = line.map_err(|e| Failure::Runtime(format!("reading: {e}")))?;
@@ -47,7 +49,9 @@ pub(crate) async fn run(command: Command, env: &Env) -> std::result::Result<Exit
                 } else {
                     let payload = match (message, &file) {
                         (Some(message), _) => message.into_bytes(),
-                        (None, Some(path)) => std::fs::read(path).map_err(|e| read_error(path, e))?,
+                        (None, Some(path)) => {
+                            std::fs::read(path).map_err(|e| read_error(path, e))?
+                        }
                         (None, None) => {
                             let mut all = Vec::new();
                             std::io::stdin()
@@ -233,7 +237,11 @@ async fn listen(
     }
     queue.end_listen(None);
     let listened = listener.join().await;
-    finish(&*queue, listened.map(|()| Exit::Success).map_err(Failure::from)).await
+    finish(
+        &*queue,
+        listened.map(|()| Exit::Success).map_err(Failure::from),
+    )
+    .await
 }
 
 /// What `listen` does with each message.
@@ -326,7 +334,8 @@ async fn dead_letters(
         let moved = async {
             if requeue {
                 let mut moved = 0usize;
-                while let Some(m) = dlq.receive(None, Duration::ZERO).await? {
+                // A short wait, not none: a push broker delivers after the subscription.
+                while let Some(m) = dlq.receive(None, REQUEUE_WAIT).await? {
                     let again = MessageEnvelope::with_id(
                         m.message_id.clone(),
                         m.correlation_id.as_deref(),

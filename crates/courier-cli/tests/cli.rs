@@ -59,8 +59,12 @@ fn what_one_process_sends_another_receives() {
     let envelope: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(envelope["message_type"], "greet");
     assert_eq!(envelope["correlation_id"], "c1");
-    assert_eq!(envelope["message"], "aGVsbG8=", "the pip-services wire JSON, base64 payload");
-    let rest = stdout(courier(dir.path()).args(["receive", "orders", "-n", "10", "--timeout", "200ms"]));
+    assert_eq!(
+        envelope["message"], "aGVsbG8=",
+        "the pip-services wire JSON, base64 payload"
+    );
+    let rest =
+        stdout(courier(dir.path()).args(["receive", "orders", "-n", "10", "--timeout", "200ms"]));
     assert_eq!(rest, "from a file\none\ntwo\n");
     assert_eq!(count(dir.path(), "orders"), 0);
     // Stdin as the payload; --no-complete leaves it there.
@@ -75,7 +79,10 @@ fn what_one_process_sends_another_receives() {
         .success()
         .stdout("piped\n");
     assert_eq!(count(dir.path(), "orders"), 1);
-    courier(dir.path()).args(["clear", "orders"]).assert().success();
+    courier(dir.path())
+        .args(["clear", "orders"])
+        .assert()
+        .success();
     assert_eq!(count(dir.path(), "orders"), 0);
 }
 
@@ -98,7 +105,10 @@ fn exit_codes() {
         let output = courier(dir.path()).args(&args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&output.stderr);
-        assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
     }
     // 1: a server that is not there; one line, no password.
     let nobody = courier_conformance::fault::ClosedPort::new().unwrap();
@@ -113,7 +123,10 @@ fn exit_codes() {
     assert_eq!(output.status.code(), Some(1));
     let err = String::from_utf8_lossy(&output.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("courier: ") && !err.contains("s3cret"), "{err}");
+    assert!(
+        err.starts_with("courier: ") && !err.contains("s3cret"),
+        "{err}"
+    );
 }
 
 /// `receive` whose reader has gone (`courier receive | head -1` after head exits): no
@@ -137,9 +150,18 @@ fn a_closed_pipe_completes_nothing_it_could_not_print() {
     drop(child.stdout.take()); // the reader is gone before anything is printed
     let status = child.wait().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{status}: {err}");
-    assert_eq!(count(dir.path(), "q"), 3, "a message nobody saw was completed");
+    assert_eq!(
+        count(dir.path(), "q"),
+        3,
+        "a message nobody saw was completed"
+    );
 }
 
 /// `listen --exec`: exit 0 completes; anything else gives the message back, and with
@@ -174,7 +196,10 @@ fn listen_exec_completes_or_abandons_and_dead_letters_come_back() {
         if shown == "bad\n" {
             break;
         }
-        assert!(Instant::now() < deadline, "nothing dead-lettered: {shown:?}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing dead-lettered: {shown:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // SIGTERM: the listener drains and exits 0.
@@ -191,7 +216,10 @@ fn listen_exec_completes_or_abandons_and_dead_letters_come_back() {
         .args(["dead-letters", &queue, "--requeue"])
         .assert()
         .success();
-    assert_eq!(stdout(courier(dir.path()).args(["dead-letters", &queue])), "");
+    assert_eq!(
+        stdout(courier(dir.path()).args(["dead-letters", &queue])),
+        ""
+    );
     assert_eq!(
         stdout(courier(dir.path()).args(["receive", &queue])),
         "bad\n"
@@ -226,7 +254,10 @@ fn bench_reports_throughput_and_latency() {
 fn completions_are_printed() {
     let dir = tempfile::tempdir().unwrap();
     let script = stdout(courier(dir.path()).args(["completions", "bash"]));
-    assert!(script.contains("courier") && script.contains("dead-letters"), "{script}");
+    assert!(
+        script.contains("courier") && script.contains("dead-letters"),
+        "{script}"
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
