@@ -265,3 +265,22 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// A bare name under `COURIER_URL` is a queue of that server (here another SQLite file);
+/// without it, of `COURIER_DB`.
+#[test]
+fn bare_names_follow_courier_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.db");
+    courier(dir.path())
+        .env("COURIER_URL", format!("sqlite://{}", other.display()))
+        .args(["send", "q", "there"])
+        .assert()
+        .success();
+    assert_eq!(count(dir.path(), "q"), 0, "not in COURIER_DB");
+    let uri = format!("sqlite://{}?queue=q", other.display());
+    assert_eq!(
+        stdout(courier(dir.path()).args(["receive", &uri])),
+        "there\n"
+    );
+}
