@@ -19,30 +19,48 @@ pub fn queue_uri(queue: &str, prefix: Option<&str>, db: Option<&str>) -> String 
     if queue.contains("://") {
         return queue.to_owned();
     }
+    // The name as typed: `#`, `?`, `+`, `&` or a space in it must not change the URI.
+    let as_path = path_segment(queue);
+    let as_param: String = url::form_urlencoded::byte_serialize(queue.as_bytes()).collect();
+    let queue = (as_path.as_str(), as_param.as_str());
     match prefix.filter(|p| !p.is_empty()) {
         Some(prefix) => {
             let scheme = prefix.split("://").next().unwrap_or_default();
+            let (path, param) = queue;
             if scheme == "memory" {
-                format!("memory://{queue}")
+                format!("memory://{path}")
             } else if PATH_NAMED.contains(&scheme) {
                 let (base, query) = prefix.split_once('?').unwrap_or((prefix, ""));
                 let base = base.trim_end_matches('/');
                 if query.is_empty() {
-                    format!("{base}/{queue}")
+                    format!("{base}/{path}")
                 } else {
-                    format!("{base}/{queue}?{query}")
+                    format!("{base}/{path}?{query}")
                 }
             } else if prefix.contains('?') {
-                format!("{prefix}&queue={queue}")
+                format!("{prefix}&queue={param}")
             } else {
-                format!("{prefix}?queue={queue}")
+                format!("{prefix}?queue={param}")
             }
         }
         None => {
             let db = db.filter(|d| !d.is_empty()).unwrap_or(DEFAULT_DB);
-            format!("sqlite://{db}?queue={queue}")
+            format!("sqlite://{db}?queue={}", queue.1)
         }
     }
+}
+
+/// `text` as one URI path segment: unreserved characters as they are, the rest escaped.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~!$'()*+,;=:@".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// `uri` with `key=value` added to its parameters (replacing an earlier `key`).
@@ -62,6 +80,18 @@ pub fn with_option(uri: &str, key: &str, value: &str) -> String {
     url.to_string()
 }
 
+/// Options of a queue's URI that its dead-letter queue does not get.
+const NOT_FOR_DEAD_LETTERS: [&str; 8] = [
+    "dead_letter_queue",
+    "max_deliveries",
+    "exchange",
+    "exchange_type",
+    "routing_key",
+    "exclusive",
+    "auto_delete",
+    "no_queue",
+];
+
 /// The URI of the queue named `dead_letters` beside the queue at `uri`: same server and
 /// options, another name (and no `dead_letter_queue` option of its own).
 pub fn dead_letter_uri(uri: &str, dead_letters: &str) -> Option<String> {
@@ -69,7 +99,9 @@ pub fn dead_letter_uri(uri: &str, dead_letters: &str) -> Option<String> {
     let mut had_queue = false;
     let kept: Vec<(String, String)> = url
         .query_pairs()
-        .filter(|(k, _)| k != "dead_letter_queue" && k != "max_deliveries")
+        // Not the queue's own dead-letter settings, nor a RabbitMQ binding: the dead-letter
+        // queue is a plain queue, which must not receive what the exchange routes.
+        .filter(|(k, _)| !NOT_FOR_DEAD_LETTERS.contains(&k.as_ref()))
         .map(|(k, v)| {
             if k == "queue" || k == "name" {
                 had_queue = true;
@@ -143,6 +175,14 @@ mod tests {
         assert_eq!(
             dead_letter_uri("memory://orders", "orders.dlq").unwrap(),
             "memory://orders.dlq"
+        );
+        assert_eq!(
+            dead_letter_uri(
+                "amqp://h/%2f?queue=o&exchange=ev&routing_key=k&persistent=true",
+                "o.dlq"
+            )
+            .unwrap(),
+            "amqp://h/%2f?queue=o.dlq&persistent=true"
         );
         assert_eq!(
             with_option(

@@ -45,7 +45,7 @@ pub enum Command {
         #[arg(long, short = 'f', conflicts_with = "message")]
         file: Option<PathBuf>,
         /// Sends one message per line (of stdin, or of --file).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "message")]
         lines: bool,
     },
     /// Receives messages and prints their payloads (or envelopes with --json); completes them.
@@ -56,12 +56,13 @@ pub enum Command {
         #[arg(long, default_value = "5s", value_parser = duration)]
         timeout: Duration,
         /// How many messages to receive at most.
-        #[arg(long, short = 'n', default_value_t = 1)]
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = at_least_one())]
         count: usize,
         /// How messages are printed.
         #[command(flatten)]
         format: Format,
-        /// Leaves the messages in the queue (gives them back instead of completing them).
+        /// Leaves the messages in the queue: gives them back at the end instead of completing
+        /// them (each counts a delivery, so max_deliveries applies).
         #[arg(long)]
         no_complete: bool,
     },
@@ -70,7 +71,7 @@ pub enum Command {
         /// The queue.
         queue: String,
         /// How many messages at most.
-        #[arg(long, short = 'n', default_value_t = 1)]
+        #[arg(long, short = 'n', default_value_t = 1, value_parser = at_least_one())]
         count: usize,
         /// How messages are printed.
         #[command(flatten)]
@@ -94,7 +95,7 @@ pub enum Command {
         #[command(flatten)]
         format: Format,
         /// How many messages are handled at once.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least_one())]
         concurrency: usize,
         /// Runs this shell command per message: the payload on stdin, the envelope in
         /// COURIER_MESSAGE_ID, COURIER_CORRELATION_ID, COURIER_MESSAGE_TYPE,
@@ -134,19 +135,19 @@ pub struct Format {
 /// `courier bench`'s arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// The queue (cleared first).
+    /// The queue: it is cleared first, so give a queue of its own.
     pub queue: String,
     /// How many messages in all.
-    #[arg(long, short = 'n', default_value_t = 10_000)]
+    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = at_least_one())]
     pub messages: usize,
-    /// The payload size in bytes (at least 16: a send timestamp travels in it).
-    #[arg(long, default_value_t = 64)]
+    /// The payload size in bytes, 16 (a send timestamp travels in it) to 64 MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=64 * 1024 * 1024))]
     pub size: usize,
     /// Sending tasks.
-    #[arg(long, short = 'p', default_value_t = 1)]
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = at_least_one())]
     pub producers: usize,
     /// Receiving tasks.
-    #[arg(long, short = 'c', default_value_t = 1)]
+    #[arg(long, short = 'c', default_value_t = 1, value_parser = at_least_one())]
     pub consumers: usize,
     /// Prints the result as JSON.
     #[arg(long)]
@@ -154,6 +155,11 @@ pub struct BenchArgs {
     /// Appends the result to this CSV file (a header first if it is new).
     #[arg(long)]
     pub csv: Option<PathBuf>,
+}
+
+/// A count of at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// Parses `500ms`, `10s`, `2m`.

@@ -1,6 +1,7 @@
 //! What each command does.
 
-use std::io::{BufRead, Read, Write};
+use std::collections::HashSet;
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,11 @@ pub(crate) async fn run(command: Command, env: &Env) -> std::result::Result<Exit
                             std::fs::read(path).map_err(|e| read_error(path, e))?
                         }
                         (None, None) => {
+                            if std::io::stdin().is_terminal() {
+                                return Err(Failure::Usage(
+                                    "give MESSAGE, --file, or pipe the payload into stdin".into(),
+                                ));
+                            }
                             let mut all = Vec::new();
                             std::io::stdin()
                                 .read_to_end(&mut all)
@@ -141,7 +147,10 @@ pub(crate) async fn run(command: Command, env: &Env) -> std::result::Result<Exit
         Command::Bench(args) => crate::bench::run(&env.uri(&args.queue), &args).await,
         Command::Completions { shell } => {
             let mut command = <crate::cli::Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "courier", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "courier", &mut script);
+            // A reader that went away is not an error.
+            let _ = std::io::stdout().write_all(&script);
             Ok(Exit::Success)
         }
     }
@@ -168,7 +177,9 @@ fn read_error(path: &std::path::Path, e: std::io::Error) -> Failure {
 }
 
 /// Receives up to `count` messages, printing and completing each. A message that could not
-/// be printed (the reader closed the pipe) is given back, not completed.
+/// be printed (the reader closed the pipe) is given back, not completed; with
+/// `no_complete`, every message is given back at the end (held until then, so that the next
+/// receive takes the next message).
 async fn receive(
     queue: &dyn MessageQueue,
     timeout: Duration,
@@ -177,21 +188,34 @@ async fn receive(
     no_complete: bool,
 ) -> std::result::Result<Exit, Failure> {
     let mut received = 0;
+    let mut held = Vec::new();
+    let mut result = Ok(());
     for _ in 0..count {
-        let Some(message) = queue.receive(None, timeout).await? else {
-            break;
+        let message = match queue.receive(None, timeout).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         };
+        received += 1;
         if print(&message, format).is_err() {
-            queue.abandon(&message).await?;
-            return Ok(Exit::Success);
+            // The reader went away: not a failure, and this one was not printed.
+            held.push(message);
+            break;
         }
         if no_complete {
-            queue.abandon(&message).await?;
-        } else {
-            queue.complete(&message).await?;
+            held.push(message);
+        } else if let Err(e) = queue.complete(&message).await {
+            result = Err(e);
+            break;
         }
-        received += 1;
     }
+    for message in &held {
+        queue.abandon(message).await?;
+    }
+    result?;
     Ok(if received == 0 {
         Exit::NoMessage
     } else {
@@ -213,30 +237,45 @@ fn print(message: &MessageEnvelope, format: Format) -> std::io::Result<()> {
     out.flush()
 }
 
-/// `listen`: until Ctrl-C or SIGTERM (or stdout closes), then drains.
+/// `listen`: until Ctrl-C or SIGTERM (or stdout closes, or the listen loop ends by itself),
+/// then drains.
 async fn listen(
     uri: &str,
     format: Format,
     exec: Option<String>,
 ) -> std::result::Result<Exit, Failure> {
     let queue = open(uri).await?;
+    let lock_timeout = queue
+        .base()
+        .map_or(Duration::from_secs(30), |base| base.options().lock_timeout);
     let stop = Arc::new(Notify::new());
     let receiver = Arc::new(Handler {
         format,
         exec,
         queue: queue.name().to_owned(),
+        lock_timeout,
         stop: stop.clone(),
     });
     let listener = queue.clone().begin_listen(None, receiver);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Failure::Runtime(format!("cannot watch SIGTERM: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-        () = stop.notified() => {}
-    }
-    queue.end_listen(None);
-    let listened = listener.join().await;
+    let joined = listener.join();
+    tokio::pin!(joined);
+    let listened = tokio::select! {
+        listened = &mut joined => listened,
+        _ = tokio::signal::ctrl_c() => {
+            queue.end_listen(None);
+            joined.await
+        }
+        _ = terminate.recv() => {
+            queue.end_listen(None);
+            joined.await
+        }
+        () = stop.notified() => {
+            queue.end_listen(None);
+            joined.await
+        }
+    };
     finish(
         &*queue,
         listened.map(|()| Exit::Success).map_err(Failure::from),
@@ -249,6 +288,8 @@ struct Handler {
     format: Format,
     exec: Option<String>,
     queue: String,
+    /// Renewed while a command runs.
+    lock_timeout: Duration,
     stop: Arc<Notify>,
 }
 
@@ -257,7 +298,7 @@ impl MessageReceiver for Handler {
     async fn receive_message(
         &self,
         envelope: &MessageEnvelope,
-        _queue: &dyn MessageQueue,
+        queue: &dyn MessageQueue,
     ) -> Result<()> {
         let Some(command) = &self.exec else {
             return print(envelope, self.format).map_err(|e| {
@@ -288,6 +329,10 @@ impl MessageReceiver for Handler {
                 envelope.delivery_count().to_string(),
             )
             .stdin(std::process::Stdio::piped())
+            // Its own process group: Ctrl-C stops `courier`, which lets the command finish.
+            .process_group(0)
+            // A command still running when the drain gives up is stopped with it.
+            .kill_on_drop(true)
             .spawn()
             .map_err(|e| Error::new(ErrorKind::Backend, format!("cannot run `{command}`: {e}")))?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -295,10 +340,20 @@ impl MessageReceiver for Handler {
             // A command that does not read its input is fine.
             let _ = stdin.write_all(&envelope.message).await;
         }
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Backend, format!("`{command}`: {e}")))?;
+        // The lock is renewed while the command runs, so that a long one is not handed the
+        // same message again meanwhile.
+        let renew = queue.capabilities().can_renew_lock();
+        let mut ticks = tokio::time::interval(self.lock_timeout / 2);
+        ticks.tick().await;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = ticks.tick(), if renew => {
+                    let _ = queue.renew_lock(envelope, self.lock_timeout).await;
+                }
+            }
+        }
+        .map_err(|e| Error::new(ErrorKind::Backend, format!("`{command}`: {e}")))?;
         if status.success() {
             Ok(())
         } else {
@@ -334,8 +389,14 @@ async fn dead_letters(
         let moved = async {
             if requeue {
                 let mut moved = 0usize;
+                let mut seen = HashSet::new();
                 // A short wait, not none: a push broker delivers after the subscription.
                 while let Some(m) = dlq.receive(None, REQUEUE_WAIT).await? {
+                    if !seen.insert(m.message_id.clone()) {
+                        // Back already (a consumer failed it again): moved once is enough.
+                        dlq.abandon(&m).await?;
+                        break;
+                    }
                     let again = MessageEnvelope::with_id(
                         m.message_id.clone(),
                         m.correlation_id.as_deref(),
@@ -346,7 +407,7 @@ async fn dead_letters(
                     dlq.complete(&m).await?;
                     moved += 1;
                 }
-                eprintln!("courier: {moved} dead letters moved back to {}", queue.name());
+                crate::complain(&format!("{moved} dead letters moved back to {}", queue.name()));
             } else {
                 for m in dlq.peek_batch(None, SHOWN).await? {
                     if print(&m, format).is_err() {

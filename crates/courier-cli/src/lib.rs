@@ -74,14 +74,31 @@ impl Env {
 /// The `courier` binary: parses the arguments (usage errors exit 2), runs the command on a
 /// Tokio runtime, and prints a failure as one line on stderr.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first, without its "error: " and the usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            complain(&format!(
+                "{} (see courier --help)",
+                first.trim_start_matches("error: ")
+            ));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("courier: cannot start the runtime: {e}");
+            complain(&format!("cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -90,12 +107,19 @@ pub fn main() -> ExitCode {
         Ok(Exit::Success) => ExitCode::SUCCESS,
         Ok(Exit::NoMessage) => ExitCode::from(3),
         Err(Failure::Usage(message)) => {
-            eprintln!("courier: {message}");
+            complain(&message);
             ExitCode::from(2)
         }
         Err(Failure::Runtime(message)) => {
-            eprintln!("courier: {message}");
+            complain(&message);
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes `courier: MESSAGE` on stderr, on one line; a closed stderr is not an error.
+pub(crate) fn complain(message: &str) {
+    use std::io::Write as _;
+    let one_line = message.replace('\n', " ");
+    let _ = writeln!(std::io::stderr(), "courier: {one_line}");
 }

@@ -284,3 +284,49 @@ fn bare_names_follow_courier_url() {
         "there\n"
     );
 }
+
+/// Names are taken as typed (`#`, `+`, spaces); `--no-complete` gives back at the end, so
+/// `-n 2` shows two messages and leaves both.
+#[test]
+fn odd_names_and_no_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    for body in ["first", "second"] {
+        courier(dir.path())
+            .args(["send", "jobs#1 c++", body])
+            .assert()
+            .success();
+    }
+    assert_eq!(count(dir.path(), "jobs"), 0, "not the queue `jobs`");
+    let shown =
+        stdout(courier(dir.path()).args(["receive", "jobs#1 c++", "-n", "2", "--no-complete"]));
+    assert_eq!(shown, "first\nsecond\n");
+    assert_eq!(count(dir.path(), "jobs#1 c++"), 2);
+}
+
+/// Output into a pipe whose reader is gone is not an error, and nothing panics.
+#[test]
+fn closed_pipes_do_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["completions", "bash"],
+        vec!["bench", "memory://b", "-n", "20", "--json"],
+    ] {
+        let mut child = Std::new(assert_cmd::cargo::cargo_bin("courier"))
+            .args(&args)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(status.success(), "{args:?}: {status} {err}");
+    }
+}
