@@ -2,26 +2,12 @@
 //! what one `courier` process sends, another receives, and the counts agree. MQTT keeps
 //! messages only for a session: the receiving client id subscribes first, with `count`.
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
-use assert_cmd::Command;
-
-fn courier(dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("courier").expect("the binary");
-    command.env_remove("COURIER_URL").current_dir(dir);
-    command
-}
-
-fn stdout(command: &mut Command) -> String {
-    let output = command.output().expect("runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
-}
+use support::{courier, stdout};
 
 /// `host:port` of `url`, if something listens there; else skips (or fails when required).
 async fn reachable(backend: &str, url: &str) -> bool {

@@ -1,32 +1,14 @@
 //! The `courier` binary end to end, on the embedded store (a SQLite file in a temporary
 //! folder, `COURIER_DB`): each command in a process of its own, as a shell script runs them.
 
+mod support;
+
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Command as Std, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
-
-/// `courier` with the embedded store in `dir`.
-fn courier(dir: &Path) -> Command {
-    let mut command = Command::cargo_bin("courier").expect("the binary");
-    command
-        .env("COURIER_DB", dir.join("test.db"))
-        .env_remove("COURIER_URL")
-        .current_dir(dir);
-    command
-}
-
-fn stdout(command: &mut Command) -> String {
-    let output = command.output().expect("runs");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
-}
+use support::{courier, stdout};
 
 fn count(dir: &Path, queue: &str) -> usize {
     stdout(courier(dir).args(["count", queue]))
