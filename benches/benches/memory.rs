@@ -13,11 +13,15 @@
 use std::time::Duration;
 
 use courier_benches::{
-    courier_memory, courier_wakeup, median, omniqueue_memory, payload, raw_channel, raw_wakeup,
+    courier_memory, courier_memory_batched, courier_wakeup, median, omniqueue_memory, payload,
+    raw_channel, raw_wakeup,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 const CASES: [(usize, usize); 4] = [(64, 1), (64, 4), (4096, 1), (4096, 4)];
+
+/// The batch size of the batched workload.
+const BATCH: usize = 32;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -42,6 +46,10 @@ fn throughput(c: &mut Criterion) {
             b.to_async(&rt)
                 .iter_custom(|n| courier_memory(pairs, n, &body));
         });
+        group.bench_function(BenchmarkId::new("courier_batch32", &id), |b| {
+            b.to_async(&rt)
+                .iter_custom(|n| courier_memory_batched(pairs, n, &body, BATCH));
+        });
         group.bench_function(BenchmarkId::new("omniqueue", &id), |b| {
             b.to_async(&rt)
                 .iter_custom(|n| omniqueue_memory(pairs, n, &body));
@@ -57,25 +65,33 @@ fn ratio_report() {
     const ROUNDS: usize = 7;
     println!("\nratio report: {MESSAGES} messages per pair, median of {ROUNDS} interleaved rounds");
     println!(
-        "| payload | pairs | raw mpsc msg/s | courier msg/s | omniqueue msg/s | courier/raw | courier/omniqueue |"
+        "| payload | pairs | raw mpsc msg/s | courier msg/s | courier batches of {BATCH} msg/s | omniqueue msg/s | courier/raw | courier/omniqueue | batches/raw |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (size, pairs) in CASES {
         let body = payload(size);
-        let (mut raw, mut ours, mut omni) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut ours, mut batched, mut omni) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         rt.block_on(async {
             for _ in 0..ROUNDS {
                 raw.push(raw_channel(pairs, MESSAGES, &body).await);
                 ours.push(courier_memory(pairs, MESSAGES, &body).await);
+                batched.push(courier_memory_batched(pairs, MESSAGES, &body, BATCH).await);
                 omni.push(omniqueue_memory(pairs, MESSAGES, &body).await);
             }
         });
         let rate = |d: Duration| (MESSAGES * pairs as u64) as f64 / d.as_secs_f64();
-        let (raw, ours, omni) = (rate(median(raw)), rate(median(ours)), rate(median(omni)));
+        let (raw, ours, batched, omni) = (
+            rate(median(raw)),
+            rate(median(ours)),
+            rate(median(batched)),
+            rate(median(omni)),
+        );
         println!(
-            "| {size} B | {pairs} | {raw:.0} | {ours:.0} | {omni:.0} | {:.2} | {:.2} |",
+            "| {size} B | {pairs} | {raw:.0} | {ours:.0} | {batched:.0} | {omni:.0} | {:.2} | {:.2} | {:.2} |",
             ours / raw,
-            ours / omni
+            ours / omni,
+            batched / raw
         );
     }
     let (ours, raw) = rt.block_on(async { (courier_wakeup(2000).await, raw_wakeup(2000).await) });

@@ -79,6 +79,57 @@ pub async fn courier_memory(pairs: usize, messages: u64, payload: &Bytes) -> Dur
     start.elapsed()
 }
 
+/// As [`courier_memory`], in batches of `batch`: `send_batch`, `receive_batch`,
+/// `complete_batch`. Returns the elapsed time.
+pub async fn courier_memory_batched(
+    pairs: usize,
+    messages: u64,
+    payload: &Bytes,
+    batch: usize,
+) -> Duration {
+    let queues: Vec<std::sync::Arc<dyn MessageQueue>> = (0..pairs)
+        .map(|i| std::sync::Arc::new(MemoryMessageQueue::new(&format!("bench-batch-{i}"))) as _)
+        .collect();
+    for q in &queues {
+        q.open(None).await.expect("open");
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for q in &queues {
+        let producer = q.clone();
+        let consumer = q.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut left = messages as usize;
+            while left > 0 {
+                let n = left.min(batch);
+                let envelopes = (0..n).map(|_| envelope(&payload)).collect();
+                producer
+                    .send_batch(None, envelopes)
+                    .await
+                    .expect("send_batch");
+                left -= n;
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut left = messages as usize;
+            while left > 0 {
+                let got = consumer
+                    .receive_batch(None, batch.min(left), Duration::from_secs(10))
+                    .await
+                    .expect("receive_batch");
+                assert!(!got.is_empty(), "a batch arrived");
+                consumer.complete_batch(&got).await.expect("complete_batch");
+                left -= got.len();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    start.elapsed()
+}
+
 /// `messages` payloads through each of `pairs` omniqueue in-memory queues: `send_raw`,
 /// `receive`, `ack`. Returns the elapsed time.
 pub async fn omniqueue_memory(pairs: usize, messages: u64, payload: &Bytes) -> Duration {

@@ -118,7 +118,9 @@ macro_rules! __with_checks {
             end_listen_drains_without_loss, end_listen_before_the_loop_starts, close_drains_in_flight_handler,
             clear_does_not_restart_listener, receive_is_cancel_safe,
             failing_receiver_backs_off, failing_receiver_does_not_starve_the_runtime,
-            close_during_receive_uses_no_delivery, cancelled_receive_uses_no_delivery
+            close_during_receive_uses_no_delivery, cancelled_receive_uses_no_delivery,
+            batch_round_trip_in_order, receive_batch_partial_and_empty, batch_locks_hide_messages,
+            complete_batch_mixes_expired_and_live_locks
         }
     };
 }

@@ -373,6 +373,28 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         Ok(())
     }
 
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        self.base.check_open()?;
+        self.base
+            .check_capability(self.capabilities().can_send(), "send_batch")?;
+        let envelopes = envelopes
+            .into_iter()
+            .map(|envelope| self.base.prepare_send(envelope))
+            .collect::<Result<Vec<_>>>()?;
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        self.broker.send_batch(correlation_id, &envelopes).await?;
+        for envelope in &envelopes {
+            self.base.sent(correlation_id, envelope);
+        }
+        Ok(())
+    }
+
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
         self.base.check_open()?;
         self.base
@@ -398,18 +420,31 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
+        let mut taken = self.receive_batch(correlation_id, 1, wait_timeout).await?;
+        Ok(taken.pop())
+    }
+
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_receive(), "receive")?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         // A subscribe slower than the wait goes on for the next receive; this one is empty.
         match tokio::time::timeout_at(deadline, self.ready(correlation_id)).await {
             Ok(ready) => ready?,
-            Err(_) => return Ok(None),
+            Err(_) => return Ok(Vec::new()),
         }
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let message = match self.buffer.receive(correlation_id, wait).await {
+            let mut taken = match self.buffer.receive_batch(correlation_id, max, wait).await {
                 Err(e) if e.kind() == ErrorKind::NotOpened => {
                     return Err(
                         crate::Error::not_opened(self.name()).with_backend(self.base.backend())
@@ -417,14 +452,22 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
                 }
                 other => other?,
             };
-            match message {
+            let mut spent = Vec::new();
+            taken.retain(|m| {
                 // Its lock expired after its last allowed delivery.
-                Some(m) if self.base.is_spent(m.delivery_count().saturating_sub(1)) => {
-                    if let Some(taken) = self.buffer.take_locked(&m) {
-                        self.bury(taken).await?;
-                    }
+                let keep = !self.base.is_spent(m.delivery_count().saturating_sub(1));
+                if !keep {
+                    spent.push(m.clone());
                 }
-                other => return Ok(other),
+                keep
+            });
+            for m in spent {
+                if let Some(taken) = self.buffer.take_locked(&m) {
+                    self.bury(taken).await?;
+                }
+            }
+            if !taken.is_empty() || wait.is_zero() {
+                return Ok(taken);
             }
         }
     }
@@ -438,10 +481,11 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.base.check_open()?;
-        // Take, then acknowledge: once taken, no lock expiry can hand it to anyone else.
-        if let Some(taken) = self.buffer.take_locked(message) {
-            if let Some(handle) = take_handle::<B::Handle>(&taken) {
-                self.broker.complete(&taken, handle).await?;
+        // Take, then acknowledge: once taken, no lock expiry can hand it to anyone else. The
+        // delivery is the one the caller's envelope shares with the buffer's record.
+        if self.buffer.delete_locked(message) {
+            if let Some(handle) = take_handle::<B::Handle>(message) {
+                self.broker.complete(message, handle).await?;
             }
             self.base.settled(Settled::Completed, message);
         }

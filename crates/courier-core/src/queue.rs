@@ -217,6 +217,107 @@ pub trait MessageQueue: Send + Sync {
     /// Cancel safe: a cancelled call either moved the message or left it locked.
     async fn move_to_dead_letter(&self, message: &MessageEnvelope) -> Result<()>;
 
+    /// Sends `envelopes` in order, as [`send`](MessageQueue::send) sends one: each gets its
+    /// `sent_time` and keeps its `message_id`. An empty batch does nothing (on an open queue).
+    ///
+    /// The default sends one message after another. Backends override it to store the batch
+    /// in one go: the memory queue under one lock, the SQL queues in one multi-row `INSERT`
+    /// (one transaction), the brokers by pipelining the publishes and awaiting their
+    /// confirmations together.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](MessageQueue::send). On an error a part of the batch may have been stored
+    /// (on SQL queues none was); at-least-once senders send the whole batch again.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`send`](MessageQueue::send): a cancelled batch may have stored a part of it.
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        if !self.is_open() {
+            return Err(Error::not_opened(self.name()));
+        }
+        for envelope in envelopes {
+            self.send(correlation_id, envelope).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes up to `max` messages and locks each, as [`receive`](MessageQueue::receive) does
+    /// one; waits up to `wait_timeout` for the first, and returns as soon as at least one is
+    /// ready (it does not wait to fill the batch). The messages come in queue order. An empty
+    /// `Vec` when the wait ends empty-handed, or at once for `max == 0`.
+    ///
+    /// The default receives one message with the wait, then more with no wait until `max` or
+    /// an empty queue. Backends override it to claim the batch in one go: the memory queue
+    /// under one lock, the SQL queues with one claim statement, Redis with one
+    /// `XREADGROUP COUNT`, JetStream with one fetch.
+    ///
+    /// # Errors
+    ///
+    /// As [`receive`](MessageQueue::receive). An error after some messages were taken
+    /// returns those messages instead (the error comes again with the next call).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`receive`](MessageQueue::receive): a dropped future took no message (the memory
+    /// and SQL queues), or its messages stay locked until their locks expire.
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
+        if !self.is_open() {
+            return Err(Error::not_opened(self.name()));
+        }
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        let mut wait = wait_timeout;
+        while batch.len() < max {
+            match self.receive(correlation_id, wait).await {
+                Ok(Some(message)) => batch.push(message),
+                Ok(None) => break,
+                Err(_) if !batch.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+            wait = Duration::ZERO;
+        }
+        Ok(batch)
+    }
+
+    /// Completes every message of `messages`, in order, as [`complete`](MessageQueue::complete)
+    /// completes one: messages whose lock is unknown or already released are skipped.
+    ///
+    /// The default completes one message after another. Backends override it to settle the
+    /// batch in one go: the memory queue under one lock, the SQL queues with one `DELETE`,
+    /// Redis with one `XACK` of every id.
+    ///
+    /// # Errors
+    ///
+    /// As [`complete`](MessageQueue::complete). On an error, the messages not yet completed
+    /// stay locked and come back when their locks expire (at least once).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`complete`](MessageQueue::complete): a cancelled call completed a part of the
+    /// batch, and the rest stays locked.
+    async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
+        if !self.is_open() {
+            return Err(Error::not_opened(self.name()));
+        }
+        for message in messages {
+            self.complete(message).await?;
+        }
+        Ok(())
+    }
+
     /// Hands every message to `receiver` until [`end_listen`](MessageQueue::end_listen) or
     /// [`close`](MessageQueue::close); returns then, after in-flight handlers finished.
     ///
@@ -334,6 +435,12 @@ macro_rules! forward_message_queue {
             where 's: 'f, 'm: 'f, Self: 'f { (**self).abandon(m) }
             fn move_to_dead_letter<'s, 'm, 'f>(&'s self, m: &'m MessageEnvelope) -> QueueFuture<'f, ()>
             where 's: 'f, 'm: 'f, Self: 'f { (**self).move_to_dead_letter(m) }
+            fn send_batch<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, e: Vec<MessageEnvelope>) -> QueueFuture<'f, ()>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).send_batch(cid, e) }
+            fn receive_batch<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, max: usize, wait: Duration) -> QueueFuture<'f, Vec<MessageEnvelope>>
+            where 's: 'f, 'c: 'f, Self: 'f { (**self).receive_batch(cid, max, wait) }
+            fn complete_batch<'s, 'm, 'f>(&'s self, m: &'m [MessageEnvelope]) -> QueueFuture<'f, ()>
+            where 's: 'f, 'm: 'f, Self: 'f { (**self).complete_batch(m) }
             fn listen<'s, 'c, 'f>(&'s self, cid: Option<&'c str>, r: Arc<dyn MessageReceiver>) -> QueueFuture<'f, ()>
             where 's: 'f, 'c: 'f, Self: 'f { (**self).listen(cid, r) }
             fn end_listen(&self, cid: Option<&str>) { (**self).end_listen(cid) }

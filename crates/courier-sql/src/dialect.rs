@@ -82,6 +82,11 @@ pub(crate) const ROW_COLUMNS: &str =
 const INSERT: &str = "INSERT INTO courier_messages (queue, message_id, correlation_id, message_type, sent_time, payload) \
                       VALUES (?, ?, ?, ?, ?, ?)";
 
+/// The most rows one batch statement carries: 6 binds a row stays far below every dialect's
+/// limit on binds (SQLite 32 766, PostgreSQL and MySQL 65 535). Longer batches take several
+/// statements (in one transaction for inserts).
+pub(crate) const BATCH_ROWS: usize = 500;
+
 /// Every statement, written for one dialect (placeholders included).
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -250,6 +255,96 @@ impl Statements {
         }
         self
     }
+}
+
+/// The statements of the batch calls, for `rows` rows (at most [`BATCH_ROWS`]): built per
+/// batch size (the drivers cache each prepared statement).
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub struct BatchStatements {
+    /// What `send_batch` issues: a multi-row `INSERT` (on PostgreSQL with one `pg_notify`).
+    /// Binds: the six of `insert`, for each row.
+    pub insert: String,
+    /// What `receive_batch` issues: one claim of up to `limit` rows. PostgreSQL: binds queue,
+    /// now, limit, locked_until, lock_token. SQLite: locked_until, lock_token, queue, now,
+    /// limit. MySQL: the `SELECT … FOR UPDATE SKIP LOCKED` half; binds queue, now, limit.
+    pub claim: String,
+    /// MySQL: the `UPDATE` half of a batch claim. Binds: locked_until, lock_token, then each
+    /// row's id.
+    pub claim_update: String,
+    /// What `complete_batch` issues. Binds: queue, then each row's id and lock token.
+    pub delete: String,
+}
+
+impl BatchStatements {
+    /// The batch statements of `dialect` for `rows` rows.
+    pub fn new(dialect: Dialect, rows: usize) -> Self {
+        let rows = rows.max(1);
+        let list = |one: &str| vec![one; rows].join(", ");
+        let insert = format!(
+            "INSERT INTO courier_messages (queue, message_id, correlation_id, message_type, sent_time, payload) VALUES {}",
+            list("(?, ?, ?, ?, ?, ?)")
+        );
+        let ready = "queue = ? AND locked_until <= ?";
+        let (insert, claim) = match dialect {
+            Dialect::Postgres => (
+                format!(
+                    "WITH m AS ({insert} RETURNING queue) SELECT pg_notify('courier', queue) FROM m LIMIT 1"
+                ),
+                format!(
+                    "WITH c AS (SELECT id FROM courier_messages WHERE {ready} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) \
+                     UPDATE courier_messages m SET locked_until = ?, lock_token = ?, deliveries = m.deliveries + 1 \
+                     FROM c WHERE m.id = c.id RETURNING {}",
+                    prefixed_columns("m.")
+                ),
+            ),
+            Dialect::Sqlite => (
+                insert,
+                format!(
+                    "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
+                     WHERE id IN (SELECT id FROM courier_messages WHERE {ready} ORDER BY id LIMIT ?) \
+                     RETURNING {ROW_COLUMNS}"
+                ),
+            ),
+            Dialect::MySql => (
+                insert,
+                format!(
+                    "SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+                ),
+            ),
+        };
+        let statements = BatchStatements {
+            insert,
+            claim,
+            claim_update: format!(
+                "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 WHERE id IN ({})",
+                list("?")
+            ),
+            delete: format!(
+                "DELETE FROM courier_messages WHERE queue = ? AND ({})",
+                vec!["(id = ? AND lock_token = ?)"; rows].join(" OR ")
+            ),
+        };
+        if dialect == Dialect::Postgres {
+            BatchStatements {
+                insert: number_placeholders(&statements.insert),
+                claim: number_placeholders(&statements.claim),
+                claim_update: number_placeholders(&statements.claim_update),
+                delete: number_placeholders(&statements.delete),
+            }
+        } else {
+            statements
+        }
+    }
+}
+
+/// [`ROW_COLUMNS`], each prefixed with `prefix` (a table alias).
+fn prefixed_columns(prefix: &str) -> String {
+    ROW_COLUMNS
+        .split(", ")
+        .map(|c| format!("{prefix}{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The statements a queue issues on the hot path, for benchmarks that issue the same ones

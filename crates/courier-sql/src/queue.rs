@@ -210,35 +210,36 @@ impl SqlMessageQueue {
         Ok(done)
     }
 
-    /// A message a cancelled receive kept, if its lock is still fresh. Kept claims about to
-    /// expire (someone else may claim them any moment) are given back uncounted instead.
-    async fn take_stashed(&self, store: &SqlStore) -> Option<MessageEnvelope> {
+    /// Up to `max` messages cancelled receives kept, whose locks are still fresh. Kept claims
+    /// about to expire (someone else may claim them any moment) are given back uncounted
+    /// instead.
+    async fn take_stashed(&self, store: &SqlStore, max: usize) -> Vec<MessageEnvelope> {
         let margin = micros(self.base.options().lock_timeout / 10).min(1_000_000);
         let now = now_micros();
         let mut stale = Vec::new();
-        let fresh = {
+        let mut fresh = Vec::new();
+        {
             let mut stash = self.stash.lock();
-            let mut fresh = None;
-            while let Some(message) = stash.pop_front() {
+            while fresh.len() < max {
+                let Some(message) = stash.pop_front() else {
+                    break;
+                };
                 match Self::lock_of(&message) {
-                    Some(lock) if lock.until.saturating_sub(now) > margin => {
-                        fresh = Some(message);
-                        break;
-                    }
+                    Some(lock) if lock.until.saturating_sub(now) > margin => fresh.push(message),
                     Some(lock) => stale.push(lock),
                     None => {}
                 }
             }
-            fresh
-        };
+        }
         for lock in stale {
             let _ = store.unclaim(self.name(), lock.id, lock.token).await;
         }
         fresh
     }
 
-    /// One claim, in a task of its own so that a cancelled receive loses nothing.
-    async fn claim_once(&self, store: &SqlStore) -> Result<Option<MessageEnvelope>> {
+    /// One claim of up to `max` messages, in a task of its own so that a cancelled receive
+    /// loses nothing.
+    async fn claim_once(&self, store: &SqlStore, max: usize) -> Result<Vec<MessageEnvelope>> {
         let (tx, rx) = oneshot::channel();
         let keeper = Keeper {
             stash: self.stash.clone(),
@@ -251,9 +252,11 @@ impl SqlMessageQueue {
             let base = self.base.clone();
             let dead_letter_queue = self.dead_letter_queue.clone();
             async move {
-                let result = claim(&keeper.store, &base, &dead_letter_queue).await;
-                if let Err(Ok(Some(message))) = tx.send(result) {
-                    keeper.keep(message);
+                let result = claim(&keeper.store, &base, &dead_letter_queue, max).await;
+                if let Err(Ok(messages)) = tx.send(result) {
+                    for message in messages {
+                        keeper.keep(message);
+                    }
                 }
             }
         };
@@ -314,9 +317,9 @@ impl Keeper {
     }
 }
 
-/// Keeps a claimed message that arrives after its `receive` was dropped.
+/// Keeps the claimed messages that arrive after their `receive` was dropped.
 struct StashOnDrop {
-    rx: oneshot::Receiver<Result<Option<MessageEnvelope>>>,
+    rx: oneshot::Receiver<Result<Vec<MessageEnvelope>>>,
     done: bool,
     keeper: Keeper,
 }
@@ -326,60 +329,77 @@ impl Drop for StashOnDrop {
         if !self.done {
             // Closed first: from here on the claim task keeps what it gets itself.
             self.rx.close();
-            if let Ok(Ok(Some(message))) = self.rx.try_recv() {
-                self.keeper.keep(message);
+            if let Ok(Ok(messages)) = self.rx.try_recv() {
+                for message in messages {
+                    self.keeper.keep(message);
+                }
             }
         }
     }
 }
 
-/// Claims the next message of the queue: rows past `max_deliveries` and rows that do not
-/// decode go to the dead-letter queue on the way.
+/// Claims the next messages of the queue, up to `max` (one claim statement): rows past
+/// `max_deliveries` and rows that do not decode go to the dead-letter queue on the way. Empty
+/// when the queue has no ready message.
 async fn claim(
     store: &SqlStore,
     base: &QueueBase,
     dead_letter_queue: &str,
-) -> Result<Option<MessageEnvelope>> {
+    max: usize,
+) -> Result<Vec<MessageEnvelope>> {
     let queue = base.name();
     let lock_timeout = base.options().lock_timeout;
     loop {
         let now = now_micros();
         let until = now.saturating_add(i64::try_from(lock_timeout.as_micros()).unwrap_or(i64::MAX));
         let token = rand::random::<i64>();
-        let Some(row) = store.claim(queue, now, until, token).await? else {
-            return Ok(None);
+        let rows = if max == 1 {
+            store
+                .claim(queue, now, until, token)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            store.claim_batch(queue, now, until, token, max).await?
         };
-        let StoredRow {
-            id,
-            deliveries,
-            envelope,
-            ..
-        } = row;
-        let deliveries = u32::try_from(deliveries).unwrap_or(0);
-        let envelope = match envelope {
-            Ok(envelope) if !base.is_spent(deliveries.saturating_sub(1)) => envelope,
-            Ok(envelope) => {
-                // Its lock expired after its last allowed delivery.
-                if store
-                    .move_locked(queue, dead_letter_queue, id, token)
-                    .await?
-                {
-                    base.dead_lettered(&envelope);
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let StoredRow {
+                id,
+                deliveries,
+                envelope,
+                ..
+            } = row;
+            let deliveries = u32::try_from(deliveries).unwrap_or(0);
+            match envelope {
+                Ok(mut envelope) if !base.is_spent(deliveries.saturating_sub(1)) => {
+                    envelope.set_delivery_count(deliveries);
+                    envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token, until })));
+                    claimed.push(envelope);
                 }
-                continue;
+                Ok(envelope) => {
+                    // Its lock expired after its last allowed delivery.
+                    if store
+                        .move_locked(queue, dead_letter_queue, id, token)
+                        .await?
+                    {
+                        base.dead_lettered(&envelope);
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(queue, row = id, error = %why, "Moving a message that does not decode to the dead-letter queue");
+                    store
+                        .move_locked(queue, dead_letter_queue, id, token)
+                        .await?;
+                }
             }
-            Err(why) => {
-                tracing::error!(queue, row = id, error = %why, "Moving a message that does not decode to the dead-letter queue");
-                store
-                    .move_locked(queue, dead_letter_queue, id, token)
-                    .await?;
-                continue;
-            }
-        };
-        let mut envelope = envelope;
-        envelope.set_delivery_count(deliveries);
-        envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token, until })));
-        return Ok(Some(envelope));
+        }
+        if !claimed.is_empty() {
+            return Ok(claimed);
+        }
     }
 }
 
@@ -598,6 +618,26 @@ impl MessageQueue for SqlMessageQueue {
         Ok(())
     }
 
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        let store = self.store()?;
+        let envelopes = envelopes
+            .into_iter()
+            .map(|envelope| self.base.prepare_send(envelope))
+            .collect::<Result<Vec<_>>>()?;
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        store.insert_batch(self.name(), &envelopes).await?;
+        for envelope in &envelopes {
+            self.base.sent(correlation_id, envelope);
+        }
+        Ok(())
+    }
+
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
         Ok(self.peek_batch(correlation_id, 1).await?.into_iter().next())
     }
@@ -621,10 +661,29 @@ impl MessageQueue for SqlMessageQueue {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
+        let mut taken = self.receive_batch(correlation_id, 1, wait_timeout).await?;
+        Ok(taken.pop())
+    }
+
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
         let store = self.store()?;
-        if let Some(message) = self.take_stashed(&store).await {
-            self.base.received(correlation_id, &message);
-            return Ok(Some(message));
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let received = |messages: Vec<MessageEnvelope>| {
+            for message in &messages {
+                self.base.received(correlation_id, message);
+            }
+            messages
+        };
+        let stashed = self.take_stashed(&store, max).await;
+        if !stashed.is_empty() {
+            return Ok(received(stashed));
         }
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         let notify = store.notifier(self.name());
@@ -632,13 +691,13 @@ impl MessageQueue for SqlMessageQueue {
             let arrived = notify.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            if let Some(message) = self.claim_once(&store).await? {
-                self.base.received(correlation_id, &message);
-                return Ok(Some(message));
+            let claimed = self.claim_once(&store, max).await?;
+            if !claimed.is_empty() {
+                return Ok(received(claimed));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let wake = deadline.min(deadline_after(now, self.poll_interval));
             tokio::select! {
@@ -672,6 +731,27 @@ impl MessageQueue for SqlMessageQueue {
             store.delete(queue, lock.id, lock.token).await
         })
         .await?;
+        Ok(())
+    }
+
+    async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
+        let store = self.store()?;
+        let locks: Vec<_> = messages
+            .iter()
+            .filter_map(Self::lock_of)
+            .map(|lock| (lock.id, lock.token))
+            .collect();
+        if locks.is_empty() {
+            return Ok(());
+        }
+        store.delete_batch(self.name(), &locks).await?;
+        // Each lock is now gone: deleted here, or released before (expired and taken by
+        // someone else, who holds another token).
+        for message in messages {
+            if let Some(token) = message.lock_token() {
+                token.settle();
+            }
+        }
         Ok(())
     }
 

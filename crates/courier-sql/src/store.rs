@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use sqlx::Row as _;
 use tokio::sync::Notify;
 
-use crate::dialect::{Dialect, SCHEMA_VERSION, Statements};
+use crate::dialect::{BATCH_ROWS, BatchStatements, Dialect, SCHEMA_VERSION, Statements};
 
 #[derive(Clone, Debug)]
 enum Pool {
@@ -544,13 +544,11 @@ impl SqlStore {
         }
     }
 
-    pub(crate) async fn insert(&self, queue: &str, envelope: &MessageEnvelope) -> Result<()> {
-        let max_packet = self
-            .inner
-            .max_packet
-            .load(std::sync::atomic::Ordering::Relaxed);
-        // What the INSERT carries besides the payload, generously: the statement, the ids, type
-        // and correlation id.
+    /// What an INSERT of `envelope` carries, generously: the payload, the ids, type and
+    /// correlation id, and its share of the statement. An error if that alone does not fit the
+    /// server's `max_allowed_packet` (MySQL).
+    fn insert_size(&self, queue: &str, envelope: &MessageEnvelope) -> Result<usize> {
+        let max_packet = self.max_packet();
         let size = envelope.message.len()
             + envelope.message_type.len()
             + envelope.correlation_id.as_ref().map_or(0, String::len)
@@ -567,6 +565,149 @@ impl SqlStore {
             .with_queue(queue)
             .with_backend(self.backend()));
         }
+        Ok(size)
+    }
+
+    fn max_packet(&self) -> usize {
+        self.inner
+            .max_packet
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Inserts `envelopes` in order, all or none: one multi-row `INSERT` per [`BATCH_ROWS`]
+    /// rows (or per `max_allowed_packet` on MySQL), in one transaction when it takes several.
+    pub(crate) async fn insert_batch(
+        &self,
+        queue: &str,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
+        // Chunks of rows that fit one statement.
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, envelope) in envelopes.iter().enumerate() {
+            let size = self.insert_size(queue, envelope)?;
+            if i > start && (i - start == BATCH_ROWS || bytes + size > self.max_packet()) {
+                chunks.push(&envelopes[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += size;
+        }
+        if start < envelopes.len() {
+            chunks.push(&envelopes[start..]);
+        }
+        let dialect = self.dialect();
+        let fail = |e| self.fail(e).with_queue(queue);
+        on_pool!(self.inner, pool => {
+            let mut tx = if chunks.len() > 1 { Some(pool.begin().await.map_err(fail)?) } else { None };
+            for chunk in chunks {
+                let sql = BatchStatements::new(dialect, chunk.len()).insert;
+                let mut query = sqlx::query(&sql);
+                for envelope in chunk {
+                    query = query
+                        .bind(queue)
+                        .bind(envelope.message_id.as_str())
+                        .bind(envelope.correlation_id.as_deref())
+                        .bind(envelope.message_type.as_str())
+                        .bind(envelope.sent_time.map(|t| t.timestamp_micros()))
+                        .bind(&envelope.message[..]);
+                }
+                match tx.as_mut() {
+                    Some(tx) => query.execute(&mut **tx).await.map_err(fail)?,
+                    None => query.execute(pool).await.map_err(fail)?,
+                };
+            }
+            if let Some(tx) = tx {
+                tx.commit().await.map_err(fail)?;
+            }
+        });
+        self.wake(queue);
+        Ok(())
+    }
+
+    /// Locks up to `limit` (at most [`BATCH_ROWS`]) ready messages of `queue`, oldest first,
+    /// until `locked_until` with `token`.
+    pub(crate) async fn claim_batch(
+        &self,
+        queue: &str,
+        now: i64,
+        locked_until: i64,
+        token: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredRow>> {
+        let limit = limit.clamp(1, BATCH_ROWS);
+        let dialect = self.dialect();
+        let fail = |e| self.fail(e).with_queue(queue);
+        let limit_bind = i64::try_from(limit).unwrap_or(1);
+        let mut rows = on_pool!(self.inner, pool => {
+            match dialect {
+                Dialect::MySql => {
+                    let sql = BatchStatements::new(dialect, 1).claim;
+                    let mut tx = pool.begin().await.map_err(fail)?;
+                    let found = sqlx::query(&sql).bind(queue).bind(now).bind(limit_bind).fetch_all(&mut *tx).await.map_err(fail)?;
+                    let mut rows = Vec::with_capacity(found.len());
+                    for row in &found {
+                        let mut stored = decode_row!(row);
+                        stored.deliveries += 1;
+                        stored.lock_token = Some(token);
+                        rows.push(stored);
+                    }
+                    if !rows.is_empty() {
+                        let update = BatchStatements::new(dialect, rows.len()).claim_update;
+                        let mut query = sqlx::query(&update).bind(locked_until).bind(token);
+                        for row in &rows {
+                            query = query.bind(row.id);
+                        }
+                        query.execute(&mut *tx).await.map_err(fail)?;
+                    }
+                    tx.commit().await.map_err(fail)?;
+                    rows
+                }
+                Dialect::Postgres => {
+                    let sql = BatchStatements::new(dialect, 1).claim;
+                    let found = sqlx::query(&sql).bind(queue).bind(now).bind(limit_bind).bind(locked_until).bind(token).fetch_all(pool).await.map_err(fail)?;
+                    let mut rows = Vec::with_capacity(found.len());
+                    for row in &found {
+                        rows.push(decode_row!(row));
+                    }
+                    rows
+                }
+                Dialect::Sqlite => {
+                    let sql = BatchStatements::new(dialect, 1).claim;
+                    let found = sqlx::query(&sql).bind(locked_until).bind(token).bind(queue).bind(now).bind(limit_bind).fetch_all(pool).await.map_err(fail)?;
+                    let mut rows = Vec::with_capacity(found.len());
+                    for row in &found {
+                        rows.push(decode_row!(row));
+                    }
+                    rows
+                }
+            }
+        });
+        // `RETURNING` gives no order.
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    /// Deletes the messages of `queue` locked with the given `(id, lock_token)`s; returns which
+    /// of them it deleted.
+    pub(crate) async fn delete_batch(&self, queue: &str, locks: &[(i64, i64)]) -> Result<u64> {
+        let dialect = self.dialect();
+        let fail = |e| self.fail(e).with_queue(queue);
+        let mut deleted = 0;
+        for chunk in locks.chunks(BATCH_ROWS) {
+            let sql = BatchStatements::new(dialect, chunk.len()).delete;
+            deleted += on_pool!(self.inner, pool => {
+                let mut query = sqlx::query(&sql).bind(queue);
+                for (id, token) in chunk {
+                    query = query.bind(*id).bind(*token);
+                }
+                query.execute(pool).await.map_err(fail)?.rows_affected()
+            });
+        }
+        Ok(deleted)
+    }
+
+    pub(crate) async fn insert(&self, queue: &str, envelope: &MessageEnvelope) -> Result<()> {
+        self.insert_size(queue, envelope)?;
         let sql = &self.inner.sql;
         let sent = envelope.sent_time.map(|t| t.timestamp_micros());
         on_pool!(self.inner, pool => {

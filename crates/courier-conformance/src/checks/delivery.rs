@@ -237,6 +237,21 @@ pub async fn closed_queue_fails_not_opened<H: Harness>(h: &H) {
         );
         assert_kind(queue.clear(None).await, ErrorKind::NotOpened, "clear");
         assert_kind(queue.complete(&e).await, ErrorKind::NotOpened, "complete");
+        assert_kind(
+            queue.send_batch(None, vec![e.clone()]).await,
+            ErrorKind::NotOpened,
+            "send_batch",
+        );
+        assert_kind(
+            queue.receive_batch(None, 3, Duration::ZERO).await,
+            ErrorKind::NotOpened,
+            "receive_batch",
+        );
+        assert_kind(
+            queue.complete_batch(std::slice::from_ref(&e)).await,
+            ErrorKind::NotOpened,
+            "complete_batch",
+        );
         let receiver = Arc::new(TestMessageReceiver::new());
         assert_kind(
             queue.listen(None, receiver).await,

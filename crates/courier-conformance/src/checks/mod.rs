@@ -5,13 +5,16 @@
 //! * [`delivery`]: locks, expiry, renewal, dead letters, idempotence, closed and unsupported.
 //! * [`listening`]: `listen`: completion, errors, panics, concurrency, draining.
 //! * [`concurrency`]: many producers and consumers, and cancel safety.
+//! * [`batches`]: `send_batch`, `receive_batch` and `complete_batch`.
 
+pub mod batches;
 pub mod concurrency;
 pub mod delivery;
 pub mod fixture;
 pub mod listening;
 pub mod universal;
 
+pub use batches::*;
 pub use concurrency::*;
 pub use delivery::*;
 pub use fixture::*;

@@ -21,7 +21,7 @@
 //! that fails makes its message wait [`QueueOptions::redelivery_delay`] (doubling with every
 //! delivery, up to [`QueueOptions::max_redelivery_delay`]) before it is given back.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use futures::StreamExt as _;
-use futures::future::OptionFuture;
+use futures::future::{Either, OptionFuture};
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -174,8 +174,9 @@ pub async fn run_listener(
     );
     let concurrency = options.listen_concurrency.max(1);
     let mut in_flight = FuturesUnordered::new();
-    // Messages taken and not yet handled to the end, by sequence number.
-    let mut taken: BTreeMap<u64, MessageEnvelope> = BTreeMap::new();
+    // Messages taken and not yet handled to the end, by sequence number: shared with their
+    // handlers, so that the receiver is handed the envelope as received, without a copy.
+    let mut taken: HashMap<u64, Arc<MessageEnvelope>> = HashMap::with_capacity(concurrency);
     let mut seq = 0u64;
     let mut receive_errors = Backoff::reconnect();
     // The receive in progress survives handlers finishing: it is only dropped on stop (receive
@@ -190,7 +191,21 @@ pub async fn run_listener(
             break;
         }
         if receiving.is_none() && in_flight.len() < concurrency {
-            receiving = Some(queue.receive(correlation_id, interval));
+            // With room for more than one message, one batch fills it.
+            let room = concurrency - in_flight.len();
+            receiving = Some(if room > 1 {
+                Either::Left(
+                    queue
+                        .receive_batch(correlation_id, room, interval)
+                        .map(|r| r.map(Taken::Many)),
+                )
+            } else {
+                Either::Right(
+                    queue
+                        .receive(correlation_id, interval)
+                        .map(|r| r.map(Taken::One)),
+                )
+            });
         }
         tokio::select! {
             biased;
@@ -201,13 +216,15 @@ pub async fn run_listener(
             Some(received) = OptionFuture::from(receiving.as_mut()), if receiving.is_some() => {
                 receiving = None;
                 match received {
-                    Ok(Some(envelope)) => {
+                    Ok(messages) => {
                         receive_errors.reset();
-                        seq += 1;
-                        taken.insert(seq, envelope.clone());
-                        in_flight.push(handle(queue, receiver.as_ref(), envelope, seq, options, &stop));
+                        for envelope in messages.messages() {
+                            seq += 1;
+                            let envelope = Arc::new(envelope);
+                            taken.insert(seq, envelope.clone());
+                            in_flight.push(handle(queue, receiver.as_ref(), envelope, seq, options, &stop));
+                        }
                     }
-                    Ok(None) => receive_errors.reset(),
                     Err(e) if e.kind() == ErrorKind::NotOpened => break,
                     Err(e) => {
                         let pause = receive_errors.next_delay();
@@ -255,7 +272,7 @@ pub async fn run_listener(
 async fn handle(
     queue: &dyn MessageQueue,
     receiver: &dyn MessageReceiver,
-    envelope: MessageEnvelope,
+    envelope: Arc<MessageEnvelope>,
     seq: u64,
     options: &QueueOptions,
     stop: &CancellationToken,
@@ -289,6 +306,22 @@ async fn handle(
     }
     release(queue, &envelope, Settle::Abandon).await;
     seq
+}
+
+/// What one receive of the loop took: `receive`'s message, or `receive_batch`'s.
+enum Taken {
+    One(Option<MessageEnvelope>),
+    Many(Vec<MessageEnvelope>),
+}
+
+impl Taken {
+    fn messages(self) -> impl Iterator<Item = MessageEnvelope> {
+        let (one, many) = match self {
+            Taken::One(one) => (one, Vec::new()),
+            Taken::Many(many) => (None, many),
+        };
+        one.into_iter().chain(many)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -158,6 +158,28 @@ pub trait PushBroker: Send + Sync + 'static {
     /// The queue may drop the future; the message may or may not have been sent.
     async fn send(&self, correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()>;
 
+    /// Publishes `envelopes` in order (their `sent_time`s are already stamped); never empty.
+    /// The default sends one after another; brokers that can pipeline publish them all, then
+    /// await every confirmation.
+    ///
+    /// # Errors
+    ///
+    /// A backend error; a part of the batch may have been sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// The queue may drop the future; a part of the batch may have been sent.
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
+        for envelope in envelopes {
+            self.send(correlation_id, envelope).await?;
+        }
+        Ok(())
+    }
+
     /// The delivery `handle` of `message` is done with: completed (or cleared). Acknowledge it.
     /// Called at most once per handle. Default: nothing to do.
     ///

@@ -2,22 +2,137 @@
 //!
 //! Pure and synchronous: the queue holds it under its own mutex (apart from the ready list's,
 //! so that senders and settlers do not contend) and does the waiting.
+//!
+//! # One record per lock
+//!
+//! Locking a message makes one allocation: the [`LockToken`] the receiver's envelope carries.
+//! The table's record of the lock sits in the table itself, and keeps what is needed to
+//! deliver the message again if its lock is released (`Kept`): the payload and the broker
+//! delivery by reference, and the id, type and correlation id packed inline (in one allocation
+//! of their own when they are longer than 96 bytes together). `complete` only deletes the
+//! record; the envelope is rebuilt from it only when the message comes back (abandon, expiry,
+//! dead letter).
+//!
+//! # Costs
+//!
+//! Insert and remove are O(1): a hash map keyed by the sequential lock number, and a min-heap
+//! of deadlines into which a receive pushes a deadline no earlier than any other (so it stays
+//! at the bottom: O(1)). Deadlines of locks removed or renewed since stay in the heap until
+//! they reach the top or outnumber the live locks, when the heap is rebuilt: renewing in a loop
+//! does not grow it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::MessageEnvelope;
-use crate::backend::{LockToken, LockedMessage};
+use crate::backend::LockToken;
+use crate::envelope::DeliveryHandle;
 
 /// What a memory queue's lock token holds: the queue's id and the lock's number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct MemoryLock {
     pub(super) queue_id: u64,
     pub(super) token: u64,
+}
+
+/// How many bytes of id, type and correlation id a lock record holds inline.
+const INLINE: usize = 96;
+
+/// A received message as the lock table keeps it (see the module docs).
+#[derive(Debug)]
+struct Kept {
+    text: Text,
+    id_len: usize,
+    type_len: usize,
+    correlation_len: Option<usize>,
+    sent_time: Option<DateTime<Utc>>,
+    message: Bytes,
+    delivery_count: u32,
+    delivery: Option<DeliveryHandle>,
+}
+
+/// The id, type and correlation id, one after the other.
+#[derive(Debug)]
+enum Text {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Text {
+    fn new(parts: [&str; 3]) -> Self {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            let mut at = 0;
+            for part in parts {
+                bytes[at..at + part.len()].copy_from_slice(part.as_bytes());
+                at += part.len();
+            }
+            // `len <= INLINE` (96) fits a u8.
+            Text::Inline {
+                len: u8::try_from(len).unwrap_or(u8::MAX),
+                bytes,
+            }
+        } else {
+            Text::Heap(parts.concat().into_bytes().into_boxed_slice())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Kept {
+    fn new(envelope: &MessageEnvelope) -> Self {
+        let correlation = envelope.correlation_id.as_deref();
+        Kept {
+            text: Text::new([
+                &envelope.message_id,
+                &envelope.message_type,
+                correlation.unwrap_or(""),
+            ]),
+            id_len: envelope.message_id.len(),
+            type_len: envelope.message_type.len(),
+            correlation_len: correlation.map(str::len),
+            sent_time: envelope.sent_time,
+            message: envelope.message.clone(),
+            delivery_count: envelope.delivery_count(),
+            delivery: envelope.delivery().cloned(),
+        }
+    }
+
+    /// The message again, unlocked, with its delivery count and broker delivery.
+    fn envelope(&self) -> MessageEnvelope {
+        let text = self.text.as_bytes();
+        // The parts were copied from `String`s at char boundaries: always UTF-8.
+        let part = |from: usize, len: usize| {
+            String::from_utf8_lossy(text.get(from..from + len).unwrap_or_default()).into_owned()
+        };
+        let correlation_id = self
+            .correlation_len
+            .map(|len| part(self.id_len + self.type_len, len));
+        let mut envelope = MessageEnvelope::with_id(
+            part(0, self.id_len),
+            None,
+            &part(self.id_len, self.type_len),
+            self.message.clone(),
+        );
+        envelope.correlation_id = correlation_id;
+        envelope.sent_time = self.sent_time;
+        envelope.set_delivery_count(self.delivery_count);
+        envelope.set_delivery(self.delivery.clone());
+        envelope
+    }
 }
 
 /// Where a released message goes.
@@ -49,37 +164,54 @@ impl Hasher for TokenHasher {
     }
 }
 
-/// Locks `envelope` (just taken from the ready list) as lock `token` until `expires`: returns
-/// the envelope for the receiver and the entry for the lock table.
-pub(super) fn lock(
-    mut envelope: MessageEnvelope,
-    queue_id: u64,
-    token: u64,
-    expires: Instant,
-) -> (MessageEnvelope, LockedMessage) {
-    let lock = LockToken::new(MemoryLock { queue_id, token });
-    envelope.set_delivery_count(envelope.delivery_count().saturating_add(1));
-    envelope.set_lock_token(Some(lock.clone()));
-    let locked = LockedMessage {
-        message: envelope.clone(),
-        expiration_time: expires.into_std(),
-        token: lock,
-    };
-    (envelope, locked)
-}
-
-#[derive(Debug, Default)]
-pub(super) struct Locks {
-    locked: HashMap<u64, LockedMessage, BuildHasherDefault<TokenHasher>>,
-    /// Lock deadlines, earliest first. Entries of locks released or renewed since stay until
-    /// they come to the top or the heap is compacted.
-    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-}
-
 impl std::fmt::Debug for TokenHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TokenHasher")
     }
+}
+
+/// A lock, as the table holds it until `expires`: made by [`lock`], kept by
+/// [`Locks::insert`].
+#[derive(Debug)]
+pub(super) struct Held {
+    lock: LockToken,
+    expires: Instant,
+    kept: Kept,
+}
+
+/// Locks `envelope` (just taken from the ready list) as lock `token` of queue `queue_id` until
+/// `expires`: counts the delivery, attaches the token and returns the table's record.
+pub(super) fn lock(
+    envelope: &mut MessageEnvelope,
+    queue_id: u64,
+    token: u64,
+    expires: Instant,
+) -> Held {
+    envelope.set_delivery_count(envelope.delivery_count().saturating_add(1));
+    let lock = LockToken::new(MemoryLock { queue_id, token });
+    envelope.set_lock_token(Some(lock.clone()));
+    Held {
+        lock,
+        expires,
+        kept: Kept::new(envelope),
+    }
+}
+
+impl Held {
+    /// Settles the token (the receiver's `lock_token()` is `None` from now on) and rebuilds the
+    /// message as it was delivered, unlocked.
+    fn release(self) -> MessageEnvelope {
+        self.lock.settle();
+        self.kept.envelope()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Locks {
+    locked: HashMap<u64, Held, BuildHasherDefault<TokenHasher>>,
+    /// Lock deadlines, earliest first. Entries of locks released or renewed since stay until
+    /// they come to the top or the heap is compacted.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 impl Locks {
@@ -92,10 +224,10 @@ impl Locks {
         self.locked.contains_key(&token)
     }
 
-    pub(super) fn insert(&mut self, token: u64, locked: LockedMessage) {
-        let expires = Instant::from_std(locked.expiration_time);
-        self.locked.insert(token, locked);
-        self.deadlines.push(Reverse((expires, token)));
+    /// Holds the lock numbered `token`.
+    pub(super) fn insert(&mut self, token: u64, held: Held) {
+        self.deadlines.push(Reverse((held.expires, token)));
+        self.locked.insert(token, held);
     }
 
     /// The earliest lock deadline (possibly of a lock already gone: waking early is harmless).
@@ -117,10 +249,7 @@ impl Locks {
                 break;
             }
             self.deadlines.pop();
-            let current = self
-                .locked
-                .get(&token)
-                .is_some_and(|l| Instant::from_std(l.expiration_time) == at);
+            let current = self.locked.get(&token).is_some_and(|l| l.expires == at);
             if current {
                 match self.release(token, &spent) {
                     Released::Requeue(envelope) => requeue.push(envelope),
@@ -134,24 +263,34 @@ impl Locks {
 
     /// Moves the lock's deadline to `now + lock_timeout`; `false` if the lock is unknown.
     pub(super) fn renew(&mut self, token: u64, now: Instant, lock_timeout: Duration) -> bool {
-        let Some(locked) = self.locked.get_mut(&token) else {
+        let Some(held) = self.locked.get_mut(&token) else {
             return false;
         };
         let expires = crate::backend::deadline_after(now, lock_timeout);
-        locked.expiration_time = expires.into_std();
+        held.expires = expires;
         self.deadlines.push(Reverse((expires, token)));
         // The entry it replaces is stale now: renewing in a loop must not grow the heap.
         self.compact();
         true
     }
 
-    /// Deletes the lock and hands back its message as stored again (dead-letter queue);
-    /// `None` if the lock is unknown.
-    pub(super) fn remove(&mut self, token: u64) -> Option<MessageEnvelope> {
-        let locked = self.locked.remove(&token)?;
-        locked.token.settle();
+    /// Deletes the lock (settling its token); `false` if it is unknown. The message is not
+    /// rebuilt: what `complete` does.
+    pub(super) fn delete(&mut self, token: u64) -> bool {
+        let Some(held) = self.locked.remove(&token) else {
+            return false;
+        };
+        held.lock.settle();
         self.compact();
-        Some(without_delivery(locked.message))
+        true
+    }
+
+    /// Deletes the lock and hands back its message as stored again (dead-letter queue, push
+    /// layer); `None` if the lock is unknown.
+    pub(super) fn remove(&mut self, token: u64) -> Option<MessageEnvelope> {
+        let held = self.locked.remove(&token)?;
+        self.compact();
+        Some(without_delivery(held.release()))
     }
 
     /// Deletes some lock and hands back its message as stored again.
@@ -163,15 +302,13 @@ impl Locks {
     /// Releases the lock: its message is to be requeued, or is dead if it reached
     /// `max_deliveries`.
     pub(super) fn release(&mut self, token: u64, spent: impl Fn(u32) -> bool) -> Released {
-        let Some(locked) = self.locked.remove(&token) else {
+        let Some(held) = self.locked.remove(&token) else {
             return Released::Unknown;
         };
-        locked.token.settle();
-        let mut envelope = locked.message;
+        let envelope = held.release();
         if spent(envelope.delivery_count()) {
             return Released::Dead(without_delivery(envelope));
         }
-        envelope.set_lock_token(None);
         Released::Requeue(envelope)
     }
 
@@ -181,15 +318,14 @@ impl Locks {
             self.deadlines = self
                 .locked
                 .iter()
-                .map(|(token, l)| Reverse((Instant::from_std(l.expiration_time), *token)))
+                .map(|(token, held)| Reverse((held.expires, *token)))
                 .collect();
         }
     }
 }
 
-/// The message as it is stored again (dead-letter queue): no lock, no deliveries.
+/// The message as it is stored again (dead-letter queue): no deliveries.
 fn without_delivery(mut envelope: MessageEnvelope) -> MessageEnvelope {
-    envelope.set_lock_token(None);
     envelope.set_delivery_count(0);
     envelope
 }
@@ -212,8 +348,9 @@ mod tests {
         token: u64,
         expires: Instant,
     ) -> MessageEnvelope {
-        let (e, locked) = lock(e, 1, token, expires);
-        locks.insert(token, locked);
+        let mut e = e;
+        let held = lock(&mut e, 1, token, expires);
+        locks.insert(token, held);
         e
     }
 
@@ -319,8 +456,34 @@ mod tests {
         let t0 = Instant::now();
         for token in 0..10_000 {
             take(&mut locks, env("x"), token, t0 + Duration::from_secs(30));
-            locks.remove(token).unwrap();
+            assert!(locks.delete(token));
         }
         assert!(locks.deadlines.len() <= 65, "{}", locks.deadlines.len());
+    }
+
+    #[test]
+    fn a_released_message_is_rebuilt_whole_inline_or_not() {
+        let t0 = Instant::now();
+        for (cid, kind) in [
+            (None, "t".to_owned()),
+            (Some(""), "order.created".to_owned()),
+            (Some("corr-é"), "x".repeat(200)),
+        ] {
+            let mut locks = Locks::default();
+            let mut sent = MessageEnvelope::new(cid, &kind, Bytes::from_static(b"\x00payload"));
+            sent.sent_time = Some(chrono::Utc::now());
+            let got = take(&mut locks, sent.clone(), 3, t0);
+            let Released::Requeue(back) = locks.release(3, spent(None)) else {
+                panic!("released");
+            };
+            assert!(got.lock_token().is_none(), "the release settled the token");
+            assert_eq!(back.message_id, sent.message_id);
+            assert_eq!(back.correlation_id, sent.correlation_id);
+            assert_eq!(back.message_type, sent.message_type);
+            assert_eq!(back.sent_time, sent.sent_time);
+            assert_eq!(back.message, sent.message);
+            assert_eq!(back.delivery_count(), 1);
+            assert!(back.lock_token().is_none());
+        }
     }
 }

@@ -94,8 +94,12 @@ struct Inner {
     /// without the lock so that receives skip the lock table when nothing can have expired.
     /// It may be earlier than the real one (a released lock), never later.
     earliest_deadline: AtomicU64,
-    /// Signalled when a message becomes ready (and on close).
+    /// Signalled when a message becomes ready (and on close), only when someone waits.
     arrived: Notify,
+    /// How many receives wait on `arrived`: a send signals only when some do. A receive counts
+    /// itself before it looks at the ready list, and a send looks at the count after it pushed
+    /// under the ready list's mutex, so no wake-up is lost.
+    waiting: AtomicUsize,
     /// Signalled when a bounded queue gets room (and on close).
     room: Notify,
     dead_letters: OnceLock<MemoryMessageQueue>,
@@ -160,6 +164,7 @@ impl MemoryMessageQueue {
                 epoch: Instant::now(),
                 earliest_deadline: AtomicU64::new(u64::MAX),
                 arrived: Notify::new(),
+                waiting: AtomicUsize::new(0),
                 room: Notify::new(),
                 dead_letters: OnceLock::new(),
                 shared,
@@ -251,7 +256,7 @@ impl MemoryMessageQueue {
         if let Some(expired) = &self.inner.expired {
             expired.lock().extend(requeue.drain(..));
         }
-        self.requeue(requeue.into_iter());
+        self.requeue(requeue);
         self.bury(dead);
     }
 
@@ -318,7 +323,7 @@ impl MemoryMessageQueue {
     }
 
     /// Puts messages released from the lock table back at the tail of the ready list.
-    fn requeue(&self, envelopes: impl ExactSizeIterator<Item = MessageEnvelope>) {
+    fn requeue(&self, envelopes: Vec<MessageEnvelope>) {
         let count = envelopes.len();
         if count == 0 {
             return;
@@ -328,9 +333,7 @@ impl MemoryMessageQueue {
             ready.extend(envelopes);
             self.landed(count);
         }
-        for _ in 0..count {
-            self.inner.arrived.notify_one();
-        }
+        self.signal_arrived(count);
     }
 
     /// Moves messages released from the lock table to the dead-letter queue.
@@ -350,7 +353,7 @@ impl MemoryMessageQueue {
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
         self.inner.ready.lock().push_back(envelope);
-        self.inner.arrived.notify_one();
+        self.signal_arrived(1);
     }
 
     /// Deletes the lock of `message` and hands back the message as stored (with its broker
@@ -365,6 +368,19 @@ impl MemoryMessageQueue {
             self.freed(1);
         }
         removed
+    }
+
+    /// Deletes the lock of `message`; `false` if this queue holds no such lock. As
+    /// [`take_locked`](Self::take_locked) without handing the message back (`complete`).
+    pub(crate) fn delete_locked(&self, message: &MessageEnvelope) -> bool {
+        let Some(token) = self.lock_of(message) else {
+            return false;
+        };
+        let deleted = self.with_locks(|locks| locks.delete(token));
+        if deleted {
+            self.freed(1);
+        }
+        deleted
     }
 
     /// Takes one message out of the queue, ready or locked (the push layer's `close`).
@@ -402,53 +418,78 @@ impl MemoryMessageQueue {
         }
     }
 
-    /// Takes the next ready message and locks it (after releasing expired locks). Without a
-    /// message, returns the earliest lock deadline.
+    /// Takes up to `max` ready messages into `taken` and locks them (after releasing expired
+    /// locks): one pass over each mutex for the whole batch. Returns `Ok(None)` if it took
+    /// some; without a message, the earliest lock deadline.
     fn try_take(
         &self,
         now: Instant,
-    ) -> Result<std::result::Result<MessageEnvelope, Option<Instant>>> {
+        max: usize,
+        taken: &mut impl Taken,
+    ) -> Result<std::result::Result<(), Option<Instant>>> {
         self.inner.base.check_open()?;
         self.release_expired(now);
         let bounded = self.options().max_size.is_some();
-        let popped = {
+        let from = taken.count();
+        {
             let mut ready = self.inner.ready.lock();
-            let popped = ready.pop_front();
-            if bounded && popped.is_some() {
-                // Counted until it is in the lock table, so that a bounded send never sees room
-                // that is not there.
-                self.inner.in_transit.fetch_add(1, Ordering::AcqRel);
+            let count = taken.take_from(&mut ready, max);
+            if bounded && count > 0 {
+                // Counted until they are in the lock table, so that a bounded send never sees
+                // room that is not there.
+                self.inner.in_transit.fetch_add(count, Ordering::AcqRel);
             }
-            popped
-        };
-        let Some(envelope) = popped else {
+        }
+        let count = taken.count() - from;
+        if count == 0 {
             return Ok(Err(self.inner.locks.lock().next_deadline()));
-        };
-        // The clone and the lock token are made outside both mutexes.
-        let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        }
+        // The lock records are made outside both mutexes.
+        let first = self
+            .inner
+            .next_token
+            .fetch_add(count as u64, Ordering::Relaxed);
         let expires = deadline_after(now, self.options().lock_timeout);
-        let (envelope, locked) = locks::lock(envelope, self.inner.id, token, expires);
-        self.with_locks(|locks| {
-            locks.insert(token, locked);
-            if bounded {
-                self.inner.in_transit.fetch_sub(1, Ordering::AcqRel);
-            }
-        });
-        Ok(Ok(envelope))
+        let id = self.inner.id;
+        let fresh = &mut taken.as_mut_slice()[from..];
+        if let [envelope] = fresh {
+            let held = locks::lock(envelope, id, first, expires);
+            self.with_locks(|locks| locks.insert(first, held));
+        } else {
+            let held: Vec<_> = (first..)
+                .zip(fresh)
+                .map(|(token, envelope)| (token, locks::lock(envelope, id, token, expires)))
+                .collect();
+            self.with_locks(|locks| {
+                for (token, held) in held {
+                    locks.insert(token, held);
+                }
+            });
+        }
+        if bounded {
+            self.inner.in_transit.fetch_sub(count, Ordering::AcqRel);
+        }
+        Ok(Ok(()))
     }
 
-    /// Waits for a message until `deadline`, waking on `send`, `abandon`, `close` and at the
-    /// earliest lock deadline (an expired lock makes its message ready).
-    async fn wait_and_take(&self, deadline: Instant) -> Result<Option<MessageEnvelope>> {
+    /// Waits until `deadline` for messages and takes up to `max`, waking on `send`, `abandon`,
+    /// `close` and at the earliest lock deadline (an expired lock makes its message ready).
+    async fn wait_and_take(
+        &self,
+        deadline: Instant,
+        max: usize,
+        taken: &mut impl Taken,
+    ) -> Result<()> {
+        let _waiting = Waiting::new(&self.inner.waiting);
         loop {
             let arrived = self.inner.arrived.notified();
             tokio::pin!(arrived);
             // Registered before looking: a message that arrives after the look wakes us.
             arrived.as_mut().enable();
             let now = Instant::now();
-            let next_deadline = match self.try_take(now)? {
-                Ok(message) => return Ok(Some(message)),
-                Err(_) if now >= deadline => return Ok(None),
+            let next_deadline = match self.try_take(now, max, taken)? {
+                Ok(()) => return Ok(()),
+                Err(_) if now >= deadline => return Ok(()),
                 Err(next_deadline) => next_deadline,
             };
             let wake = next_deadline.map_or(deadline, |d| d.min(deadline));
@@ -459,9 +500,18 @@ impl MemoryMessageQueue {
         }
     }
 
-    fn received(&self, message: MessageEnvelope, correlation_id: Option<&str>) -> MessageEnvelope {
-        self.inner.base.received(correlation_id, &message);
-        message
+    /// What `receive` and `receive_batch` share: takes up to `max` messages into `taken`, waiting
+    /// up to `wait_timeout` for the first.
+    async fn take(&self, taken: &mut impl Taken, max: usize, wait_timeout: Duration) -> Result<()> {
+        if max == 0 {
+            return self.inner.base.check_open();
+        }
+        let start = Instant::now();
+        if self.try_take(start, max, taken)?.is_err() && !wait_timeout.is_zero() {
+            // The waiting path is boxed so that the common, ready case stays a small future.
+            Box::pin(self.wait_and_take(deadline_after(start, wait_timeout), max, taken)).await?;
+        }
+        Ok(())
     }
 
     /// Sends to a bounded queue: waits until it holds fewer than `max_size` messages.
@@ -486,7 +536,7 @@ impl MemoryMessageQueue {
                     self.inner.base.sent(correlation_id, &envelope);
                     ready.push_back(envelope);
                     drop(ready);
-                    self.signal_sent();
+                    self.signal_arrived(1);
                     return Ok(());
                 }
             }
@@ -494,9 +544,13 @@ impl MemoryMessageQueue {
         }
     }
 
-    /// Signals a message that was just stored.
-    fn signal_sent(&self) {
-        self.inner.arrived.notify_one();
+    /// Wakes up to `count` waiting receives for messages just made ready (none if none
+    /// waits: a send then costs no signal).
+    fn signal_arrived(&self, count: usize) {
+        let waiting = self.inner.waiting.load(Ordering::SeqCst);
+        for _ in 0..count.min(waiting) {
+            self.inner.arrived.notify_one();
+        }
     }
 
     fn ready_len(&self) -> usize {
@@ -562,7 +616,32 @@ impl MessageQueue for MemoryMessageQueue {
         }
         self.inner.base.sent(correlation_id, &envelope);
         self.inner.ready.lock().push_back(envelope);
-        self.signal_sent();
+        self.signal_arrived(1);
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        self.inner.base.check_open()?;
+        let envelopes = envelopes
+            .into_iter()
+            .map(|envelope| self.inner.base.prepare_send(envelope))
+            .collect::<Result<Vec<_>>>()?;
+        if self.options().max_size.is_some() {
+            for envelope in envelopes {
+                Box::pin(self.send_bounded(correlation_id, envelope)).await?;
+            }
+            return Ok(());
+        }
+        for envelope in &envelopes {
+            self.inner.base.sent(correlation_id, envelope);
+        }
+        let count = envelopes.len();
+        self.inner.ready.lock().extend(envelopes);
+        self.signal_arrived(count);
         Ok(())
     }
 
@@ -600,17 +679,26 @@ impl MessageQueue for MemoryMessageQueue {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
-        let start = Instant::now();
-        if let Ok(message) = self.try_take(start)? {
-            return Ok(Some(self.received(message, correlation_id)));
+        let mut taken = None;
+        self.take(&mut taken, 1, wait_timeout).await?;
+        if let Some(message) = &taken {
+            self.inner.base.received(correlation_id, message);
         }
-        if wait_timeout.is_zero() {
-            return Ok(None);
+        Ok(taken)
+    }
+
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
+        let mut taken = Vec::new();
+        self.take(&mut taken, max, wait_timeout).await?;
+        for message in &taken {
+            self.inner.base.received(correlation_id, message);
         }
-        // The waiting path is boxed so that the common, ready case stays a small future.
-        Box::pin(self.wait_and_take(deadline_after(start, wait_timeout)))
-            .await
-            .map(|taken| taken.map(|m| self.received(m, correlation_id)))
+        Ok(taken)
     }
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {
@@ -627,7 +715,26 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn complete(&self, message: &MessageEnvelope) -> Result<()> {
         self.inner.base.check_open()?;
-        if self.take_locked(message).is_some() {
+        if self.delete_locked(message) {
+            self.inner.base.settled(Settled::Completed, message);
+        }
+        Ok(())
+    }
+
+    async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
+        self.inner.base.check_open()?;
+        let deleted = self.with_locks(|locks| {
+            messages
+                .iter()
+                .filter(|message| {
+                    self.lock_of(message)
+                        .is_some_and(|token| locks.delete(token))
+                })
+                .count()
+        });
+        self.freed(deleted);
+        for message in messages {
+            // Now settled: what this call completed, and what was completed before it.
             self.inner.base.settled(Settled::Completed, message);
         }
         Ok(())
@@ -649,7 +756,7 @@ impl MessageQueue for MemoryMessageQueue {
         match released {
             Released::Requeue(envelope) => {
                 self.inner.base.settled(Settled::Abandoned, message);
-                self.requeue(std::iter::once(envelope));
+                self.requeue(vec![envelope]);
             }
             Released::Dead(envelope) => self.bury(vec![envelope]),
             Released::Unknown => {}
@@ -695,5 +802,63 @@ impl MessageQueue for MemoryMessageQueue {
         self.drain_ready();
         self.inner.base.changed(correlation_id, "Cleared");
         Ok(())
+    }
+}
+
+/// A receive waiting on `arrived`, counted in `waiting` for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where taken messages go: an `Option` for `receive` (no allocation), a `Vec` for
+/// `receive_batch`.
+trait Taken: Send {
+    /// How many messages it holds.
+    fn count(&self) -> usize;
+    /// Moves up to `max` messages from the front of `ready` in; returns how many.
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize;
+    /// The messages, in order.
+    fn as_mut_slice(&mut self) -> &mut [MessageEnvelope];
+}
+
+impl Taken for Option<MessageEnvelope> {
+    fn count(&self) -> usize {
+        usize::from(self.is_some())
+    }
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
+        if self.is_some() || max == 0 {
+            return 0;
+        }
+        *self = ready.pop_front();
+        self.count()
+    }
+    fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
+        Option::as_mut_slice(self)
+    }
+}
+
+impl Taken for Vec<MessageEnvelope> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
+        let count = max.min(ready.len());
+        self.reserve_exact(count);
+        self.extend(ready.drain(..count));
+        count
+    }
+    fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
+        self
     }
 }
