@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier::sql::{
-    Dialect, HotStatements, SqlMessageQueue, SqlStore, StoreOptions, hot_statements,
+    BatchStatements, Dialect, HotStatements, SqlMessageQueue, SqlStore, StoreOptions,
+    hot_statements,
 };
 use courier::{ConfigParams, MessageEnvelope, MessageQueue};
 use courier_benches::median;
@@ -154,6 +155,158 @@ async fn raw_take(t: &Target, queue: &str) -> bool {
         sqlx::query(&t.sql.delete).bind(id).bind(token).bind(queue).execute(p).await.expect("delete");
     });
     true
+}
+
+/// One multi-row insert of `envelopes` with the queue's batch statement.
+async fn raw_insert_batch(t: &Target, queue: &str, envelopes: &[MessageEnvelope]) {
+    let sent = chrono_now_micros();
+    let sql = BatchStatements::new(t.dialect, envelopes.len()).insert;
+    on_raw!(&t.raw, p => {
+        let mut query = sqlx::query(&sql);
+        for e in envelopes {
+            query = query
+                .bind(queue)
+                .bind(e.message_id.as_str())
+                .bind(e.correlation_id.as_deref())
+                .bind(e.message_type.as_str())
+                .bind(Some(sent))
+                .bind(&e.message[..]);
+        }
+        query.execute(p).await.expect("insert batch");
+    });
+}
+
+/// One claim of up to `limit` rows and one delete of them, with the queue's batch statements;
+/// returns how many it took.
+async fn raw_take_batch(t: &Target, queue: &str, limit: usize) -> usize {
+    let now = chrono_now_micros();
+    let token: i64 = (now << 8) ^ 0x5bd1_e995;
+    let until = now + 30_000_000;
+    let claim = BatchStatements::new(t.dialect, 1).claim;
+    let ids: Vec<i64> = on_raw!(&t.raw, p => {
+        match t.dialect {
+            Dialect::MySql => {
+                let mut tx = p.begin().await.expect("begin");
+                let rows = sqlx::query(&claim).bind(queue).bind(now).bind(limit as i64).fetch_all(&mut *tx).await.expect("claim");
+                let ids: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("id")).collect();
+                if !ids.is_empty() {
+                    let update = BatchStatements::new(t.dialect, ids.len()).claim_update;
+                    let mut q = sqlx::query(&update).bind(until).bind(token);
+                    for id in &ids {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *tx).await.expect("claim update");
+                }
+                tx.commit().await.expect("commit");
+                ids
+            }
+            Dialect::Postgres => sqlx::query(&claim).bind(queue).bind(now).bind(limit as i64).bind(until).bind(token)
+                .fetch_all(p).await.expect("claim").iter().map(|r| r.get::<i64, _>("id")).collect(),
+            Dialect::Sqlite => sqlx::query(&claim).bind(until).bind(token).bind(queue).bind(now).bind(limit as i64)
+                .fetch_all(p).await.expect("claim").iter().map(|r| r.get::<i64, _>("id")).collect(),
+        }
+    });
+    if ids.is_empty() {
+        return 0;
+    }
+    let delete = BatchStatements::new(t.dialect, ids.len()).delete;
+    on_raw!(&t.raw, p => {
+        let mut q = sqlx::query(&delete);
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        q = q.bind(queue);
+        for id in &ids {
+            q = q.bind(*id).bind(token);
+        }
+        q.execute(p).await.expect("delete");
+    });
+    ids.len()
+}
+
+/// The batch size of the batch comparison.
+const BATCH: usize = 100;
+
+/// One worker: `count` messages sent and taken one per statement, then in batches of
+/// [`BATCH`] through courier, then the same batch statements through raw sqlx; msg/s of each
+/// half of each, median of [`ROUNDS`].
+async fn batches(t: &Target, count: usize) {
+    let (mut single, mut batched, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let q = queue(t, &name);
+        q.open(None).await.expect("open");
+        let start = Instant::now();
+        for i in 0..count / 10 {
+            q.send(None, envelope(i)).await.expect("send");
+        }
+        let send = (count / 10) as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..count / 10 {
+            let m = q
+                .receive(None, Duration::ZERO)
+                .await
+                .expect("receive")
+                .expect("a message");
+            q.complete(&m).await.expect("complete");
+        }
+        let take = (count / 10) as f64 / start.elapsed().as_secs_f64();
+        single.push((send, take));
+
+        let start = Instant::now();
+        for chunk in 0..count / BATCH {
+            let envelopes = (0..BATCH).map(|i| envelope(chunk * BATCH + i)).collect();
+            q.send_batch(None, envelopes).await.expect("send_batch");
+        }
+        let send = count as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut taken = 0;
+        while taken < count {
+            let got = q
+                .receive_batch(None, BATCH, Duration::ZERO)
+                .await
+                .expect("receive_batch");
+            assert!(!got.is_empty(), "the queue ran dry");
+            q.complete_batch(&got).await.expect("complete_batch");
+            taken += got.len();
+        }
+        let take = count as f64 / start.elapsed().as_secs_f64();
+        batched.push((send, take));
+
+        let raw_queue = format!("{name}-raw");
+        let start = Instant::now();
+        for chunk in 0..count / BATCH {
+            let envelopes: Vec<_> = (0..BATCH).map(|i| envelope(chunk * BATCH + i)).collect();
+            raw_insert_batch(t, &raw_queue, &envelopes).await;
+        }
+        let send = count as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let mut taken = 0;
+        while taken < count {
+            let n = raw_take_batch(t, &raw_queue, BATCH).await;
+            assert!(n > 0, "the raw queue ran dry");
+            taken += n;
+        }
+        let take = count as f64 / start.elapsed().as_secs_f64();
+        raw.push((send, take));
+    }
+    let m = |v: &[(f64, f64)], half: fn(&(f64, f64)) -> f64| {
+        courier_benches::median_rate(v.iter().map(half).collect())
+    };
+    let (ss, bs, rs) = (m(&single, |r| r.0), m(&batched, |r| r.0), m(&raw, |r| r.0));
+    let (st, bt, rt) = (m(&single, |r| r.1), m(&batched, |r| r.1), m(&raw, |r| r.1));
+    println!(
+        "| {} | send | {ss:.0} | {bs:.0} | {:.1} | {rs:.0} | {:.2} |",
+        t.name,
+        bs / ss,
+        bs / rs
+    );
+    println!(
+        "| {} | receive+complete | {st:.0} | {bt:.0} | {:.1} | {rt:.0} | {:.2} |",
+        t.name,
+        bt / st,
+        bt / rt
+    );
 }
 
 fn chrono_now_micros() -> i64 {
@@ -333,6 +486,21 @@ fn main() {
                 500
             };
             bench(t.clone(), per_worker).await;
+        }
+        println!(
+            "\nbatches of {BATCH}, one worker, msg/s (median of {ROUNDS} rounds): one message per statement and transaction, then batches through courier, then the same batch statements through raw sqlx"
+        );
+        println!(
+            "| database | work | courier one at a time | courier batches | batches ÷ one at a time | raw sqlx batches | courier ÷ raw |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for t in &targets {
+            let count = if t.dialect == Dialect::Sqlite {
+                20_000
+            } else {
+                5_000
+            };
+            batches(t, count).await;
         }
         println!(
             "\nwake-up latency (median of 30): a waiting receive after a send, vs a raw insert then claim"

@@ -443,6 +443,11 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
             Err(_) => return Ok(Vec::new()),
         }
         loop {
+            // Locks that expired since the sweeper last looked (it sleeps up to a second when
+            // it saw no lock): given back now, so that the broker redelivers them at once.
+            for message in self.buffer.take_expired() {
+                self.give_back(&message).await;
+            }
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut taken = match self.buffer.receive_batch(correlation_id, max, wait).await {
                 Err(e) if e.kind() == ErrorKind::NotOpened => {

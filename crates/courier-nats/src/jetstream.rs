@@ -282,16 +282,35 @@ impl JetStreamMessageQueue {
         subject: &str,
         envelope: &MessageEnvelope,
     ) -> Result<()> {
+        self.publish_all(js, subject, std::slice::from_ref(envelope))
+            .await
+    }
+
+    /// Publishes `envelopes` on `subject` in order, then waits for JetStream's
+    /// acknowledgements together (pipelined, not a round trip each), for up to
+    /// `connect_timeout` in all.
+    async fn publish_all(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
         let publish = async {
-            let ack = js
-                .publish_with_headers(
-                    subject.to_owned(),
-                    wire::headers(envelope),
-                    envelope.message.clone(),
-                )
-                .await
-                .map_err(|e| self.error("publish", e))?;
-            ack.await.map_err(|e| self.error("publish", e))?;
+            let mut acks = Vec::with_capacity(envelopes.len());
+            for envelope in envelopes {
+                let ack = js
+                    .publish_with_headers(
+                        subject.to_owned(),
+                        wire::headers(envelope),
+                        envelope.message.clone(),
+                    )
+                    .await
+                    .map_err(|e| self.error("publish", e))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| self.error("publish", e))?;
+            }
             Ok(())
         };
         match tokio::time::timeout(self.config.connect_timeout, publish).await {
@@ -576,6 +595,27 @@ impl MessageQueue for JetStreamMessageQueue {
         let envelope = self.base.prepare_send(envelope)?;
         self.publish(&connected.js, self.name(), &envelope).await?;
         self.base.sent(correlation_id, &envelope);
+        Ok(())
+    }
+
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        let connected = self.connected()?;
+        let envelopes = envelopes
+            .into_iter()
+            .map(|envelope| self.base.prepare_send(envelope))
+            .collect::<Result<Vec<_>>>()?;
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        self.publish_all(&connected.js, self.name(), &envelopes)
+            .await?;
+        for envelope in &envelopes {
+            self.base.sent(correlation_id, envelope);
+        }
         Ok(())
     }
 

@@ -228,19 +228,63 @@ impl Shared {
                 .await?
                 .await
         };
-        let confirmation = answer(config, "publish", publish).await?;
-        match confirmation {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Routed::Yes),
-            Confirmation::Ack(Some(returned)) => {
-                Ok(Routed::No(returned.reply_text.as_str().to_owned()))
-            }
-            Confirmation::Nack(_) => Err(Error::new(
-                ErrorKind::Backend,
-                "RabbitMQ refused the message (negative publisher confirm)",
-            )
-            .with_backend(BACKEND)
-            .with_queue(&config.queue)),
+        routed(config, answer(config, "publish", publish).await?)
+    }
+
+    /// Publishes every envelope to the queue, then awaits their confirms together (one window
+    /// of unconfirmed publishes, not a round trip each).
+    async fn publish_batch(&self, envelopes: &[MessageEnvelope]) -> Result<()> {
+        let config = self.config();
+        let (exchange, routing_key) = destination(config);
+        let link = self.links.get().await?;
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let mut confirms = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let properties = wire::properties(envelope, config.persistent)
+                .map_err(|e| e.with_backend(BACKEND).with_queue(&config.queue))?;
+            let publish = link.publisher.basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                &envelope.message,
+                properties,
+            );
+            confirms.push(answer(config, "publish", publish).await?);
         }
+        for confirm in confirms {
+            if let Routed::No(why) = routed(config, answer(config, "publish", confirm).await?)? {
+                return Err(unroutable(exchange, routing_key, &why, config));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `send` publishes: the exchange and routing key of `config`.
+fn destination(config: &RabbitMqConfig) -> (&str, &str) {
+    if config.exchange.is_empty() {
+        ("", config.queue.as_str())
+    } else {
+        (config.exchange.as_str(), config.routing_key.as_str())
+    }
+}
+
+/// What a publisher confirm says: whether a queue took the message.
+fn routed(config: &RabbitMqConfig, confirmation: Confirmation) -> Result<Routed> {
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Routed::Yes),
+        Confirmation::Ack(Some(returned)) => {
+            Ok(Routed::No(returned.reply_text.as_str().to_owned()))
+        }
+        Confirmation::Nack(_) => Err(Error::new(
+            ErrorKind::Backend,
+            "RabbitMQ refused the message (negative publisher confirm)",
+        )
+        .with_backend(BACKEND)
+        .with_queue(&config.queue)),
     }
 }
 
@@ -355,17 +399,17 @@ impl PushBroker for RabbitMqBroker {
     }
 
     async fn send(&self, _correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
-        let config = self.config();
-        let routing_key = if config.exchange.is_empty() {
-            config.queue.as_str()
-        } else {
-            config.routing_key.as_str()
-        };
-        let properties = wire::properties(envelope, config.persistent)
-            .map_err(|e| e.with_backend(BACKEND).with_queue(&config.queue))?;
         self.shared
-            .publish(&config.exchange, routing_key, &envelope.message, properties)
+            .publish_batch(std::slice::from_ref(envelope))
             .await
+    }
+
+    async fn send_batch(
+        &self,
+        _correlation_id: Option<&str>,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
+        self.shared.publish_batch(envelopes).await
     }
 
     async fn ready_count(&self) -> Result<usize> {

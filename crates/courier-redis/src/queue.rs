@@ -327,12 +327,17 @@ impl Session {
 
     /// Takes a new message (`XREADGROUP … >`), without blocking.
     async fn read_fresh(&self) -> Result<Option<Entry>> {
+        Ok(self.read_fresh_many(1).await?.into_iter().next())
+    }
+
+    /// Takes up to `count` new messages (`XREADGROUP … COUNT count … >`), without blocking.
+    async fn read_fresh_many(&self, count: usize) -> Result<Vec<Entry>> {
         let mut read = redis::cmd("XREADGROUP");
         read.arg("GROUP")
             .arg(&self.config.group)
             .arg(&*self.consumer)
             .arg("COUNT")
-            .arg(1)
+            .arg(count)
             .arg("STREAMS")
             .arg(&self.config.stream)
             .arg(">");
@@ -348,7 +353,7 @@ impl Session {
             }
             answered => answered?,
         };
-        Ok(read_entry(&value))
+        Ok(read_entries(&value))
     }
 
     /// Blocks on the server for up to `block` for a new entry, on a connection of its own.
@@ -665,18 +670,23 @@ fn entry(value: &Value) -> Option<Entry> {
     })
 }
 
-/// The one entry of an `XREADGROUP … COUNT 1` reply (`[[stream, [entry]]]`), if any.
-fn read_entry(value: &Value) -> Option<Entry> {
+/// The entries of an `XREADGROUP` reply (`[[stream, [entry, ...]]]`), in order.
+fn read_entries(value: &Value) -> Vec<Entry> {
     let Value::Array(streams) = value else {
-        return None;
+        return Vec::new();
     };
     let Some(Value::Array(stream)) = streams.first() else {
-        return None;
+        return Vec::new();
     };
     let Some(Value::Array(entries)) = stream.get(1) else {
-        return None;
+        return Vec::new();
     };
-    entry(entries.first()?)
+    entries.iter().filter_map(entry).collect()
+}
+
+/// The first entry of an `XREADGROUP` reply, if any.
+fn read_entry(value: &Value) -> Option<Entry> {
+    read_entries(value).into_iter().next()
 }
 
 impl fmt::Debug for RedisMessageQueue {
@@ -898,6 +908,130 @@ impl MessageQueue for RedisMessageQueue {
                 return Ok(Some(envelope));
             }
         }
+    }
+
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
+        let session = self.session()?;
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // The first message as `receive` takes it (claims of expired locks first when due,
+        // waiting on the server), the rest with one `XREADGROUP COUNT`.
+        let Some(first) = self.receive(correlation_id, wait_timeout).await? else {
+            return Ok(Vec::new());
+        };
+        let mut batch = vec![first];
+        while batch.len() < max && self.is_open() {
+            let asked = tokio::time::Instant::now();
+            let fresh = match session.read_fresh_many(max - batch.len()).await {
+                Ok(fresh) => fresh,
+                // The batch taken so far is returned; the error comes again next time.
+                Err(_) => break,
+            };
+            if fresh.is_empty() {
+                break;
+            }
+            for taken in fresh {
+                if let Some(envelope) = self.deliver(&session, taken, asked, correlation_id).await?
+                {
+                    batch.push(envelope);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn send_batch(
+        &self,
+        correlation_id: Option<&str>,
+        envelopes: Vec<MessageEnvelope>,
+    ) -> Result<()> {
+        let session = self.session()?;
+        let envelopes = envelopes
+            .into_iter()
+            .map(|envelope| self.base.prepare_send(envelope))
+            .collect::<Result<Vec<_>>>()?;
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        // One round trip, all or nothing (`MULTI` … `EXEC`).
+        let mut adds = redis::pipe();
+        adds.atomic();
+        for envelope in &envelopes {
+            let add = adds.cmd("XADD").arg(&self.config.stream).arg("*");
+            for (name, value) in wire::fields(envelope) {
+                add.arg(name).arg(&value[..]);
+            }
+            add.ignore();
+        }
+        let mut commands = session.commands.clone();
+        session
+            .within("send", adds.query_async::<()>(&mut commands))
+            .await?;
+        for envelope in &envelopes {
+            self.base.sent(correlation_id, envelope);
+        }
+        Ok(())
+    }
+
+    async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
+        let session = self.session()?;
+        let margin = (self.base.options().lock_timeout / 5).max(SETTLE_MARGIN);
+        // Locks surely still ours are settled with one `XACK` and one `XDEL` of every id; the
+        // others as `complete` settles one (asking the server who holds it).
+        let mut sure = Vec::new();
+        let mut unsure = Vec::new();
+        for message in messages {
+            let Some((lock, token)) = Self::held(message) else {
+                continue;
+            };
+            let settling = lock.stop_renewing().await;
+            if lock.consumer == session.consumer && lock.surely_held(margin) {
+                sure.push((settling, lock, token, message));
+            } else {
+                drop(settling);
+                unsure.push(message);
+            }
+        }
+        if !sure.is_empty() {
+            let mut done = redis::pipe();
+            done.atomic();
+            let ack = done
+                .cmd("XACK")
+                .arg(&self.config.stream)
+                .arg(&self.config.group);
+            for (_, lock, _, _) in &sure {
+                ack.arg(&lock.id);
+            }
+            ack.ignore();
+            let del = done.cmd("XDEL").arg(&self.config.stream);
+            for (_, lock, _, _) in &sure {
+                del.arg(&lock.id);
+            }
+            del.ignore();
+            let mut commands = session.commands.clone();
+            match session
+                .within("complete", done.query_async::<()>(&mut commands))
+                .await
+            {
+                // The group is gone (a restart without persistence), and the entries with it.
+                Err(e) if is_missing_group(&e) => {}
+                done => done?,
+            }
+            for (_, _, token, message) in &sure {
+                token.settle();
+                self.base.settled(Settled::Completed, message);
+            }
+        }
+        for message in unsure {
+            self.complete(message).await?;
+        }
+        Ok(())
     }
 
     async fn renew_lock(&self, message: &MessageEnvelope, lock_timeout: Duration) -> Result<()> {

@@ -272,7 +272,8 @@ pub struct BatchStatements {
     /// MySQL: the `UPDATE` half of a batch claim. Binds: locked_until, lock_token, then each
     /// row's id.
     pub claim_update: String,
-    /// What `complete_batch` issues. Binds: queue, then each row's id and lock token.
+    /// What `complete_batch` issues. Binds: each row's id, the queue, then each row's id and
+    /// lock token.
     pub delete: String,
 }
 
@@ -320,8 +321,11 @@ impl BatchStatements {
                 "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 WHERE id IN ({})",
                 list("?")
             ),
+            // The id list lets every database find the rows by primary key; the pairs then
+            // check each row's own lock token.
             delete: format!(
-                "DELETE FROM courier_messages WHERE queue = ? AND ({})",
+                "DELETE FROM courier_messages WHERE id IN ({}) AND queue = ? AND ({})",
+                list("?"),
                 vec!["(id = ? AND lock_token = ?)"; rows].join(" OR ")
             ),
         };

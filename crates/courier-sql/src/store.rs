@@ -696,7 +696,11 @@ impl SqlStore {
         for chunk in locks.chunks(BATCH_ROWS) {
             let sql = BatchStatements::new(dialect, chunk.len()).delete;
             deleted += on_pool!(self.inner, pool => {
-                let mut query = sqlx::query(&sql).bind(queue);
+                let mut query = sqlx::query(&sql);
+                for (id, _) in chunk {
+                    query = query.bind(*id);
+                }
+                query = query.bind(queue);
                 for (id, token) in chunk {
                     query = query.bind(*id).bind(*token);
                 }
