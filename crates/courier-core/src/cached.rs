@@ -381,17 +381,12 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         self.base.check_open()?;
         self.base
             .check_capability(self.capabilities().can_send(), "send_batch")?;
-        let envelopes = envelopes
-            .into_iter()
-            .map(|envelope| self.base.prepare_send(envelope))
-            .collect::<Result<Vec<_>>>()?;
+        let envelopes = self.base.prepare_batch(envelopes)?;
         if envelopes.is_empty() {
             return Ok(());
         }
         self.broker.send_batch(correlation_id, &envelopes).await?;
-        for envelope in &envelopes {
-            self.base.sent(correlation_id, envelope);
-        }
+        self.base.sent_batch(correlation_id, &envelopes);
         Ok(())
     }
 

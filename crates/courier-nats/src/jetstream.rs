@@ -604,18 +604,13 @@ impl MessageQueue for JetStreamMessageQueue {
         envelopes: Vec<MessageEnvelope>,
     ) -> Result<()> {
         let connected = self.connected()?;
-        let envelopes = envelopes
-            .into_iter()
-            .map(|envelope| self.base.prepare_send(envelope))
-            .collect::<Result<Vec<_>>>()?;
+        let envelopes = self.base.prepare_batch(envelopes)?;
         if envelopes.is_empty() {
             return Ok(());
         }
         self.publish_all(&connected.js, self.name(), &envelopes)
             .await?;
-        for envelope in &envelopes {
-            self.base.sent(correlation_id, envelope);
-        }
+        self.base.sent_batch(correlation_id, &envelopes);
         Ok(())
     }
 

@@ -952,10 +952,7 @@ impl MessageQueue for RedisMessageQueue {
         envelopes: Vec<MessageEnvelope>,
     ) -> Result<()> {
         let session = self.session()?;
-        let envelopes = envelopes
-            .into_iter()
-            .map(|envelope| self.base.prepare_send(envelope))
-            .collect::<Result<Vec<_>>>()?;
+        let envelopes = self.base.prepare_batch(envelopes)?;
         if envelopes.is_empty() {
             return Ok(());
         }
@@ -973,9 +970,7 @@ impl MessageQueue for RedisMessageQueue {
         session
             .within("send", adds.query_async::<()>(&mut commands))
             .await?;
-        for envelope in &envelopes {
-            self.base.sent(correlation_id, envelope);
-        }
+        self.base.sent_batch(correlation_id, &envelopes);
         Ok(())
     }
 

@@ -624,17 +624,12 @@ impl MessageQueue for SqlMessageQueue {
         envelopes: Vec<MessageEnvelope>,
     ) -> Result<()> {
         let store = self.store()?;
-        let envelopes = envelopes
-            .into_iter()
-            .map(|envelope| self.base.prepare_send(envelope))
-            .collect::<Result<Vec<_>>>()?;
+        let envelopes = self.base.prepare_batch(envelopes)?;
         if envelopes.is_empty() {
             return Ok(());
         }
         store.insert_batch(self.name(), &envelopes).await?;
-        for envelope in &envelopes {
-            self.base.sent(correlation_id, envelope);
-        }
+        self.base.sent_batch(correlation_id, &envelopes);
         Ok(())
     }
 

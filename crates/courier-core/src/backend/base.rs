@@ -170,6 +170,28 @@ impl QueueBase {
         Ok(envelope)
     }
 
+    /// [`prepare_send`](Self::prepare_send) for every envelope of a batch: the start of every
+    /// backend's `send_batch`, which calls [`sent_batch`](Self::sent_batch) once the batch is
+    /// stored.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened), also for an empty batch.
+    pub fn prepare_batch(&self, envelopes: Vec<MessageEnvelope>) -> Result<Vec<MessageEnvelope>> {
+        self.check_open()?;
+        envelopes
+            .into_iter()
+            .map(|envelope| self.prepare_send(envelope))
+            .collect()
+    }
+
+    /// [`sent`](Self::sent) for every envelope of a stored batch.
+    pub fn sent_batch(&self, correlation_id: Option<&str>, envelopes: &[MessageEnvelope]) {
+        for envelope in envelopes {
+            self.sent(correlation_id, envelope);
+        }
+    }
+
     /// Whether a message delivered `delivery_count` times has used up `options.max_deliveries`:
     /// given back (abandoned, or its lock expired), it goes to the dead-letter queue instead of
     /// the queue. The one max-deliveries rule of every backend.

@@ -625,20 +625,14 @@ impl MessageQueue for MemoryMessageQueue {
         correlation_id: Option<&str>,
         envelopes: Vec<MessageEnvelope>,
     ) -> Result<()> {
-        self.inner.base.check_open()?;
-        let envelopes = envelopes
-            .into_iter()
-            .map(|envelope| self.inner.base.prepare_send(envelope))
-            .collect::<Result<Vec<_>>>()?;
+        let envelopes = self.inner.base.prepare_batch(envelopes)?;
         if self.options().max_size.is_some() {
             for envelope in envelopes {
                 Box::pin(self.send_bounded(correlation_id, envelope)).await?;
             }
             return Ok(());
         }
-        for envelope in &envelopes {
-            self.inner.base.sent(correlation_id, envelope);
-        }
+        self.inner.base.sent_batch(correlation_id, &envelopes);
         let count = envelopes.len();
         self.inner.ready.lock().extend(envelopes);
         self.signal_arrived(count);
