@@ -22,6 +22,39 @@ pub struct MqttBroker {
 }
 
 impl MqttBroker {
+    /// Publishes `envelopes` to the queue's topic, pipelined (see
+    /// [`Connection::publish_all`](crate::connection::Connection::publish_all)); checks every
+    /// one before the first goes out.
+    async fn publish(&self, envelopes: &[MessageEnvelope]) -> Result<()> {
+        let Some(topic) = &self.config.publish_topic else {
+            return Err(Error::config(
+                "topic",
+                format!(
+                    "`{}` is a topic filter: a queue publishes to its topic, or to its name, and neither is a topic without + or #",
+                    self.config.topic
+                ),
+            )
+            .with_backend(BACKEND)
+            .with_queue(&self.queue));
+        };
+        let mut payloads = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let payload = wire::encode(envelope, self.config.serialize_envelope);
+            if payload.len() + topic.len() + 16 > MAX_PACKET {
+                return Err(Error::invalid_message(format!(
+                    "a message of {} bytes is over MQTT's packet limit of 256 MiB",
+                    payload.len()
+                ))
+                .with_backend(BACKEND)
+                .with_queue(&self.queue));
+            }
+            payloads.push(payload);
+        }
+        let connection = self.connection.read().await;
+        let connection = connection.as_ref().ok_or_else(|| self.not_opened())?;
+        connection.publish_all(topic, payloads).await
+    }
+
     pub(crate) fn new(queue: &str, config: MqttConfig) -> Self {
         let client_id = config.client_id.clone().unwrap_or_else(|| {
             // 23 characters of [0-9a-z]: what every MQTT 3.1.1 broker must accept.
@@ -119,29 +152,15 @@ impl PushBroker for MqttBroker {
     }
 
     async fn send(&self, _correlation_id: Option<&str>, envelope: &MessageEnvelope) -> Result<()> {
-        let Some(topic) = &self.config.publish_topic else {
-            return Err(Error::config(
-                "topic",
-                format!(
-                    "`{}` is a topic filter: a queue publishes to its topic, or to its name, and neither is a topic without + or #",
-                    self.config.topic
-                ),
-            )
-            .with_backend(BACKEND)
-            .with_queue(&self.queue));
-        };
-        let payload = wire::encode(envelope, self.config.serialize_envelope);
-        if payload.len() + topic.len() + 16 > MAX_PACKET {
-            return Err(Error::invalid_message(format!(
-                "a message of {} bytes is over MQTT's packet limit of 256 MiB",
-                payload.len()
-            ))
-            .with_backend(BACKEND)
-            .with_queue(&self.queue));
-        }
-        let connection = self.connection.read().await;
-        let connection = connection.as_ref().ok_or_else(|| self.not_opened())?;
-        connection.publish(topic, payload).await
+        self.publish(std::slice::from_ref(envelope)).await
+    }
+
+    async fn send_batch(
+        &self,
+        _correlation_id: Option<&str>,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
+        self.publish(envelopes).await
     }
 
     /// Keeps the message for the next subscription of this connection (see

@@ -279,13 +279,36 @@ impl Connection {
         inbox.backlog.clear();
     }
 
-    /// Publishes `payload` to `topic` and waits for the broker (see the module docs), at most
-    /// `connect_timeout`.
-    pub(crate) async fn publish(&self, topic: &str, payload: Bytes) -> Result<()> {
+    /// Publishes `payloads` on `topic` in order, then waits for the broker's acknowledgements
+    /// (see the module docs) together: pipelined, not a round trip each. At most
+    /// `connect_timeout` in all.
+    pub(crate) async fn publish_all(&self, topic: &str, payloads: Vec<Bytes>) -> Result<()> {
+        let deadline = Instant::now() + self.shared.config.connect_timeout;
+        let mut answers = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            answers.push(self.enqueue(topic, payload, deadline).await?);
+        }
+        for answered in answers {
+            match tokio::time::timeout_at(deadline, answered).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.shared.gone("publish")),
+                Err(_) => return Err(self.shared.timed_out("publish")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one publish to rumqttc, waiting (until `deadline`) for room in its request
+    /// channel; returns where its acknowledgement will arrive.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        deadline: Instant,
+    ) -> Result<oneshot::Receiver<()>> {
         let config = &self.shared.config;
-        let deadline = Instant::now() + config.connect_timeout;
         let mut payload: Vec<u8> = payload.into();
-        let answered = loop {
+        loop {
             if self.shared.ended.lock().is_some() {
                 return Err(self.shared.gone("publish"));
             }
@@ -298,7 +321,7 @@ impl Connection {
                     Ok(()) => {
                         let (answer, answered) = oneshot::channel();
                         publishes.queued.push_back(answer);
-                        break answered;
+                        return Ok(answered);
                     }
                     Err(rumqttc::ClientError::TryRequest(Request::Publish(back))) => {
                         payload = back.payload.into();
@@ -311,11 +334,6 @@ impl Connection {
                 return Err(self.shared.timed_out("publish"));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
-        };
-        match tokio::time::timeout_at(deadline, answered).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(self.shared.gone("publish")),
-            Err(_) => Err(self.shared.timed_out("publish")),
         }
     }
 

@@ -161,28 +161,25 @@ impl QueueBase {
     /// # Errors
     ///
     /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened).
-    pub fn prepare_send(&self, mut envelope: MessageEnvelope) -> Result<MessageEnvelope> {
+    pub fn prepare_send(&self, envelope: MessageEnvelope) -> Result<MessageEnvelope> {
         self.check_open()?;
-        envelope.sent_time = Some(chrono::Utc::now());
-        envelope.set_lock_token(None);
-        envelope.set_delivery_count(0);
-        envelope.set_delivery(None);
-        Ok(envelope)
+        Ok(stamped(envelope, chrono::Utc::now()))
     }
 
-    /// [`prepare_send`](Self::prepare_send) for every envelope of a batch: the start of every
-    /// backend's `send_batch`, which calls [`sent_batch`](Self::sent_batch) once the batch is
-    /// stored.
+    /// [`prepare_send`](Self::prepare_send) for every envelope of a batch, with one clock read
+    /// for the batch (its messages share their `sent_time`): the start of every backend's
+    /// `send_batch`, which calls [`sent_batch`](Self::sent_batch) once the batch is stored.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened), also for an empty batch.
     pub fn prepare_batch(&self, envelopes: Vec<MessageEnvelope>) -> Result<Vec<MessageEnvelope>> {
         self.check_open()?;
-        envelopes
+        let now = chrono::Utc::now();
+        Ok(envelopes
             .into_iter()
-            .map(|envelope| self.prepare_send(envelope))
-            .collect()
+            .map(|envelope| stamped(envelope, now))
+            .collect())
     }
 
     /// [`sent`](Self::sent) for every envelope of a stored batch.
@@ -284,6 +281,16 @@ impl QueueBase {
             tracing::warn!(queue = %self.name, "listen loops did not stop within the drain timeout");
         }
     }
+}
+
+/// `envelope` ready to be stored: sent at `now`, with nothing left of a previous delivery (lock,
+/// delivery count, broker delivery).
+fn stamped(mut envelope: MessageEnvelope, now: chrono::DateTime<chrono::Utc>) -> MessageEnvelope {
+    envelope.sent_time = Some(now);
+    envelope.set_lock_token(None);
+    envelope.set_delivery_count(0);
+    envelope.set_delivery(None);
+    envelope
 }
 
 /// `now + after`, or a point decades away when that does not fit (`Duration::MAX` as "wait

@@ -717,18 +717,15 @@ impl MessageQueue for MemoryMessageQueue {
 
     async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
         self.inner.base.check_open()?;
-        let deleted = self.with_locks(|locks| {
-            messages
+        let tokens: Vec<_> = messages.iter().map(|m| self.lock_of(m)).collect();
+        let deleted: Vec<bool> = self.with_locks(|locks| {
+            tokens
                 .iter()
-                .filter(|message| {
-                    self.lock_of(message)
-                        .is_some_and(|token| locks.delete(token))
-                })
-                .count()
+                .map(|token| token.is_some_and(|token| locks.delete(token)))
+                .collect()
         });
-        self.freed(deleted);
-        for message in messages {
-            // Now settled: what this call completed, and what was completed before it.
+        self.freed(deleted.iter().filter(|d| **d).count());
+        for (message, _) in messages.iter().zip(deleted).filter(|(_, d)| *d) {
             self.inner.base.settled(Settled::Completed, message);
         }
         Ok(())
