@@ -350,13 +350,14 @@ impl JetStreamMessageQueue {
         Ok(())
     }
 
-    /// Fetches one message, waiting up to `wait`, in a task of its own: if this future is
-    /// dropped before the message arrives, the task puts the message back uncounted.
+    /// Fetches up to `max` messages, waiting up to `wait` for the first, in a task of its own:
+    /// if this future is dropped before the messages arrive, the task puts them back uncounted.
     async fn fetch(
         &self,
         connected: &Connected,
         wait: Duration,
-    ) -> Result<Option<jetstream::Message>> {
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>> {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let (consumer, js, subject) = (
             connected.consumer.clone(),
@@ -366,13 +367,16 @@ impl JetStreamMessageQueue {
         self.fetches.spawn(async move {
             // A client that lost its connection may never answer a request without expiry.
             let limit = wait + FETCH_SLACK + Duration::from_secs(1);
-            let fetched = match tokio::time::timeout(limit, fetch_one(&consumer, wait)).await {
+            let fetched = match tokio::time::timeout(limit, fetch_some(&consumer, wait, max)).await
+            {
                 Ok(fetched) => fetched,
-                Err(_) => Ok(None),
+                Err(_) => Ok(Vec::new()),
             };
-            if let Err(Ok(Some(message))) = answer.send(fetched) {
-                // Nobody waits for it any more.
-                release(&js, &subject, message).await;
+            if let Err(Ok(messages)) = answer.send(fetched) {
+                // Nobody waits for them any more.
+                for message in messages {
+                    release(&js, &subject, message).await;
+                }
             }
         });
         // A message sent just as this future is dropped is put back by the guard.
@@ -386,10 +390,10 @@ impl JetStreamMessageQueue {
         // receive is empty then, and the fetch's message, if one comes, is put back.
         let answered = match pending.answered.as_mut() {
             Some(answered) => tokio::time::timeout(wait + FETCH_SLACK, answered).await,
-            None => return Ok(None),
+            None => return Ok(Vec::new()),
         };
         let Ok(answer) = answered else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         pending.answered = None;
         match answer {
@@ -403,7 +407,7 @@ impl JetStreamMessageQueue {
     }
 }
 
-type Fetched = std::result::Result<Option<jetstream::Message>, courier_core::BoxError>;
+type Fetched = std::result::Result<Vec<jetstream::Message>, courier_core::BoxError>;
 
 /// The waiting end of a fetch: dropped with a message in it (the `receive` was dropped just
 /// as the message came), it puts the message back from a task.
@@ -423,33 +427,65 @@ impl Drop for PendingFetch {
         // Closed first: a message is then either in the channel, or refused to its sender
         // (which puts it back), never dropped with the channel.
         answered.close();
-        if let Ok(Ok(Some(message))) = answered.try_recv() {
+        if let Ok(Ok(messages)) = answered.try_recv() {
             let (js, subject) = (self.js.clone(), std::mem::take(&mut self.subject));
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.tracker
-                    .spawn(async move { release(&js, &subject, message).await });
+            if !messages.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+                self.tracker.spawn(async move {
+                    for message in messages {
+                        release(&js, &subject, message).await;
+                    }
+                });
             }
         }
     }
 }
 
-/// Fetches one message from `consumer`, waiting up to `wait`.
-async fn fetch_one(consumer: &consumer::PullConsumer, wait: Duration) -> Fetched {
-    let mut batch = if wait < Duration::from_millis(10) {
-        consumer.fetch().max_messages(1).messages().await?
-    } else {
-        consumer
-            .batch()
-            .max_messages(1)
-            .expires(wait.min(LONGEST_FETCH))
-            .messages()
-            .await?
-    };
-    match batch.next().await {
-        None => Ok(None),
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(e)) => Err(e),
+/// Fetches up to `max` messages from `consumer`: what is there at once, or, when nothing is,
+/// the first to arrive within `wait` and then what else is there at once (a pull request that
+/// waited for the whole batch would hold a ready message back).
+async fn fetch_some(consumer: &consumer::PullConsumer, wait: Duration, max: usize) -> Fetched {
+    let mut fetched = Vec::new();
+    if max == 0 {
+        return Ok(fetched);
     }
+    take_ready(consumer, max, &mut fetched).await?;
+    if !fetched.is_empty() || wait < Duration::from_millis(10) {
+        return Ok(fetched);
+    }
+    let mut first = consumer
+        .batch()
+        .max_messages(1)
+        .expires(wait.min(LONGEST_FETCH))
+        .messages()
+        .await?;
+    match first.next().await {
+        None => return Ok(fetched),
+        Some(Ok(message)) => fetched.push(message),
+        Some(Err(e)) => return Err(e),
+    }
+    if max > 1 {
+        // Errors now would only shorten the batch: what came is returned.
+        let _ = take_ready(consumer, max - 1, &mut fetched).await;
+    }
+    Ok(fetched)
+}
+
+/// Appends up to `max` messages that are ready now (a no-wait pull request) to `fetched`. An
+/// error after some arrived keeps them.
+async fn take_ready(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    fetched: &mut Vec<jetstream::Message>,
+) -> std::result::Result<(), courier_core::BoxError> {
+    let mut ready = consumer.fetch().max_messages(max).messages().await?;
+    while let Some(message) = ready.next().await {
+        match message {
+            Ok(message) => fetched.push(message),
+            Err(_) if !fetched.is_empty() => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// How many deliveries of `message` count: the server's, plus those of the original a copy
@@ -659,35 +695,51 @@ impl MessageQueue for JetStreamMessageQueue {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
+        let mut taken = self.receive_batch(correlation_id, 1, wait_timeout).await?;
+        Ok(taken.pop())
+    }
+
+    async fn receive_batch(
+        &self,
+        correlation_id: Option<&str>,
+        max: usize,
+        wait_timeout: Duration,
+    ) -> Result<Vec<MessageEnvelope>> {
         let connected = self.connected()?;
+        let mut taken = Vec::new();
+        if max == 0 {
+            return Ok(taken);
+        }
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(message) = self.fetch(&connected, wait).await? else {
-                if tokio::time::Instant::now() >= deadline {
-                    return Ok(None);
+            for message in self.fetch(&connected, wait, max).await? {
+                let delivered = deliveries(&message);
+                let mut envelope = wire::envelope(
+                    message.headers.as_ref(),
+                    message.payload.clone(),
+                    chrono::Utc::now(),
+                );
+                envelope.set_delivery_count(delivered);
+                let lock = JsLock {
+                    message,
+                    keepalive: parking_lot::Mutex::new(None),
+                };
+                if self.base.is_spent(delivered.saturating_sub(1)) {
+                    // Delivered again after its last allowed delivery (its lock expired). A
+                    // failure leaves it to come back; the batch taken so far is returned.
+                    match self.bury(&connected, &envelope, &lock).await {
+                        Err(e) if taken.is_empty() => return Err(e),
+                        _ => continue,
+                    }
                 }
-                continue;
-            };
-            let delivered = deliveries(&message);
-            let mut envelope = wire::envelope(
-                message.headers.as_ref(),
-                message.payload.clone(),
-                chrono::Utc::now(),
-            );
-            envelope.set_delivery_count(delivered);
-            let lock = JsLock {
-                message,
-                keepalive: parking_lot::Mutex::new(None),
-            };
-            if self.base.is_spent(delivered.saturating_sub(1)) {
-                // Delivered again after its last allowed delivery (its lock expired).
-                self.bury(&connected, &envelope, &lock).await?;
-                continue;
+                envelope.set_lock_token(Some(LockToken::new(lock)));
+                self.base.received(correlation_id, &envelope);
+                taken.push(envelope);
             }
-            envelope.set_lock_token(Some(LockToken::new(lock)));
-            self.base.received(correlation_id, &envelope);
-            return Ok(Some(envelope));
+            if !taken.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(taken);
+            }
         }
     }
 
