@@ -161,9 +161,10 @@ impl QueueBase {
     /// # Errors
     ///
     /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened).
-    pub fn prepare_send(&self, envelope: MessageEnvelope) -> Result<MessageEnvelope> {
+    pub fn prepare_send(&self, mut envelope: MessageEnvelope) -> Result<MessageEnvelope> {
         self.check_open()?;
-        Ok(stamped(envelope, chrono::Utc::now()))
+        stamp(&mut envelope, chrono::Utc::now());
+        Ok(envelope)
     }
 
     /// [`prepare_send`](Self::prepare_send) for every envelope of a batch, with one clock read
@@ -173,13 +174,16 @@ impl QueueBase {
     /// # Errors
     ///
     /// [`ErrorKind::NotOpened`](crate::ErrorKind::NotOpened), also for an empty batch.
-    pub fn prepare_batch(&self, envelopes: Vec<MessageEnvelope>) -> Result<Vec<MessageEnvelope>> {
+    pub fn prepare_batch(
+        &self,
+        mut envelopes: Vec<MessageEnvelope>,
+    ) -> Result<Vec<MessageEnvelope>> {
         self.check_open()?;
         let now = chrono::Utc::now();
-        Ok(envelopes
-            .into_iter()
-            .map(|envelope| stamped(envelope, now))
-            .collect())
+        for envelope in &mut envelopes {
+            stamp(envelope, now);
+        }
+        Ok(envelopes)
     }
 
     /// [`sent`](Self::sent) for every envelope of a stored batch.
@@ -283,14 +287,13 @@ impl QueueBase {
     }
 }
 
-/// `envelope` ready to be stored: sent at `now`, with nothing left of a previous delivery (lock,
-/// delivery count, broker delivery).
-fn stamped(mut envelope: MessageEnvelope, now: chrono::DateTime<chrono::Utc>) -> MessageEnvelope {
+/// Readies `envelope` to be stored: sent at `now`, with nothing left of a previous delivery
+/// (lock, delivery count, broker delivery).
+fn stamp(envelope: &mut MessageEnvelope, now: chrono::DateTime<chrono::Utc>) {
     envelope.sent_time = Some(now);
     envelope.set_lock_token(None);
     envelope.set_delivery_count(0);
     envelope.set_delivery(None);
-    envelope
 }
 
 /// `now + after`, or a point decades away when that does not fit (`Duration::MAX` as "wait

@@ -5,13 +5,13 @@
 //!
 //! # One record per lock
 //!
-//! Locking a message makes one allocation: the [`LockToken`] the receiver's envelope carries.
-//! The table's record of the lock sits in the table itself, and keeps what is needed to
-//! deliver the message again if its lock is released (`Kept`): the payload and the broker
-//! delivery by reference, and the id, type and correlation id packed inline (in one allocation
-//! of their own when they are longer than 96 bytes together). `complete` only deletes the
-//! record; the envelope is rebuilt from it only when the message comes back (abandon, expiry,
-//! dead letter).
+//! Locking a message makes one allocation: the [`LockToken`] the receiver's envelope carries,
+//! which is also the lock's record: it keeps what is needed to deliver the message again if
+//! its lock is released (`Kept`): the payload and the broker delivery by reference, and the
+//! id, type and correlation id packed inline (in one allocation of their own when they are
+//! longer than 96 bytes together). The table holds the token and the deadline. `complete`
+//! only deletes the entry; the envelope is rebuilt from the record only when the message comes
+//! back (abandon, expiry, dead letter).
 //!
 //! # Costs
 //!
@@ -34,11 +34,13 @@ use crate::MessageEnvelope;
 use crate::backend::LockToken;
 use crate::envelope::DeliveryHandle;
 
-/// What a memory queue's lock token holds: the queue's id and the lock's number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a memory queue's lock token holds: the queue's id, the lock's number, and the message
+/// as it is to come back.
+#[derive(Debug)]
 pub(super) struct MemoryLock {
     pub(super) queue_id: u64,
     pub(super) token: u64,
+    kept: Kept,
 }
 
 /// How many bytes of id, type and correlation id a lock record holds inline.
@@ -171,12 +173,11 @@ impl std::fmt::Debug for TokenHasher {
 }
 
 /// A lock, as the table holds it until `expires`: made by [`lock`], kept by
-/// [`Locks::insert`].
+/// [`Locks::insert`]. Small, so that the table moves little; the record is in the token.
 #[derive(Debug)]
 pub(super) struct Held {
     lock: LockToken,
     expires: Instant,
-    kept: Kept,
 }
 
 /// Locks `envelope` (just taken from the ready list) as lock `token` of queue `queue_id` until
@@ -188,21 +189,23 @@ pub(super) fn lock(
     expires: Instant,
 ) -> Held {
     envelope.set_delivery_count(envelope.delivery_count().saturating_add(1));
-    let lock = LockToken::new(MemoryLock { queue_id, token });
-    envelope.set_lock_token(Some(lock.clone()));
-    Held {
-        lock,
-        expires,
+    let lock = LockToken::new(MemoryLock {
+        queue_id,
+        token,
         kept: Kept::new(envelope),
-    }
+    });
+    envelope.set_lock_token(Some(lock.clone()));
+    Held { lock, expires }
 }
 
 impl Held {
     /// Settles the token (the receiver's `lock_token()` is `None` from now on) and rebuilds the
-    /// message as it was delivered, unlocked.
-    fn release(self) -> MessageEnvelope {
+    /// message as it was delivered, unlocked (`None` only for a token that is not a memory
+    /// lock, which the table never holds).
+    fn release(self) -> Option<MessageEnvelope> {
         self.lock.settle();
-        self.kept.envelope()
+        let record = self.lock.downcast_ref::<MemoryLock>()?;
+        Some(record.kept.envelope())
     }
 }
 
@@ -290,7 +293,7 @@ impl Locks {
     pub(super) fn remove(&mut self, token: u64) -> Option<MessageEnvelope> {
         let held = self.locked.remove(&token)?;
         self.compact();
-        Some(without_delivery(held.release()))
+        held.release().map(without_delivery)
     }
 
     /// Deletes some lock and hands back its message as stored again.
@@ -302,10 +305,9 @@ impl Locks {
     /// Releases the lock: its message is to be requeued, or is dead if it reached
     /// `max_deliveries`.
     pub(super) fn release(&mut self, token: u64, spent: impl Fn(u32) -> bool) -> Released {
-        let Some(held) = self.locked.remove(&token) else {
+        let Some(envelope) = self.locked.remove(&token).and_then(Held::release) else {
             return Released::Unknown;
         };
-        let envelope = held.release();
         if spent(envelope.delivery_count()) {
             return Released::Dead(without_delivery(envelope));
         }
