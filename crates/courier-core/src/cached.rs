@@ -439,9 +439,16 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
         }
         loop {
             // Locks that expired since the sweeper last looked (it sleeps up to a second when
-            // it saw no lock): given back now, so that the broker redelivers them at once.
-            for message in self.buffer.take_expired() {
-                self.give_back(&message).await;
+            // it saw no lock): given back now, so that the broker redelivers them at once, by a
+            // task of their own, which a cancelled receive does not cut short.
+            let expired = self.buffer.take_expired();
+            if !expired.is_empty() {
+                let (broker, queue) = (self.broker.clone(), self.name().to_owned());
+                tokio::spawn(async move {
+                    for message in expired {
+                        give_back(&*broker, &queue, &message).await;
+                    }
+                });
             }
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let mut taken = match self.buffer.receive_batch(correlation_id, max, wait).await {
@@ -462,8 +469,15 @@ impl<B: PushBroker> MessageQueue for CachedMessageQueue<B> {
                 keep
             });
             for m in spent {
-                if let Some(taken) = self.buffer.take_locked(&m) {
-                    self.bury(taken).await?;
+                if let Some(spent) = self.buffer.take_locked(&m) {
+                    match self.bury(spent).await {
+                        Err(e) if taken.is_empty() => return Err(e),
+                        Err(e) => {
+                            // The batch taken so far is handed out; the error comes again.
+                            tracing::warn!(queue = self.name(), error = %e, "Failed to dead-letter a message");
+                        }
+                        Ok(()) => {}
+                    }
                 }
             }
             if !taken.is_empty() || wait.is_zero() {

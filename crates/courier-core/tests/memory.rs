@@ -262,6 +262,44 @@ async fn bounded_queue_never_overshoots_while_messages_move() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_send_batch_waits_for_room_that_receive_batch_makes() {
+    let config = ConfigParams::from_string("name=bounded-batches;options.max_size=2").unwrap();
+    let queue = MemoryMessageQueue::with_config(&config).unwrap();
+    queue.open(None).await.unwrap();
+    let sender = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let batch = (0..5).map(|i| env(&i.to_string())).collect();
+            queue.send_batch(None, batch).await
+        })
+    };
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let batch = queue
+            .receive_batch(None, 5, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            !batch.is_empty(),
+            "the sender stalled with room in the queue"
+        );
+        assert!(
+            batch.len() <= 2,
+            "a queue of max_size 2 held {}",
+            batch.len()
+        );
+        queue.complete_batch(&batch).await.unwrap();
+        got.extend(batch.iter().map(|m| m.message_as_string().unwrap()));
+    }
+    tokio::time::timeout(Duration::from_secs(5), sender)
+        .await
+        .expect("the batch was sent")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, ["0", "1", "2", "3", "4"]);
+}
+
 #[test]
 fn a_misspelt_option_in_config_params_is_an_error() {
     let config = courier_core::ConfigParams::from_string("name=q;options.lock_timout=5").unwrap();

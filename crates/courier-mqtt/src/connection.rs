@@ -160,6 +160,9 @@ struct Shared {
     dropped: AtomicU64,
 }
 
+/// How many publishes of a batch await their acknowledgements together.
+const PUBLISH_WINDOW: usize = 1_000;
+
 /// An open MQTT connection.
 pub(crate) struct Connection {
     client: AsyncClient,
@@ -283,16 +286,20 @@ impl Connection {
     /// (see the module docs) together: pipelined, not a round trip each. At most
     /// `connect_timeout` in all.
     pub(crate) async fn publish_all(&self, topic: &str, payloads: Vec<Bytes>) -> Result<()> {
-        let deadline = Instant::now() + self.shared.config.connect_timeout;
-        let mut answers = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            answers.push(self.enqueue(topic, payload, deadline).await?);
-        }
-        for answered in answers {
-            match tokio::time::timeout_at(deadline, answered).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(self.shared.gone("publish")),
-                Err(_) => return Err(self.shared.timed_out("publish")),
+        let mut payloads = payloads.into_iter().peekable();
+        while payloads.peek().is_some() {
+            // A window at a time, each within its own `connect_timeout`.
+            let deadline = Instant::now() + self.shared.config.connect_timeout;
+            let mut answers = Vec::new();
+            for payload in payloads.by_ref().take(PUBLISH_WINDOW) {
+                answers.push(self.enqueue(topic, payload, deadline).await?);
+            }
+            for answered in answers {
+                match tokio::time::timeout_at(deadline, answered).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(self.shared.gone("publish")),
+                    Err(_) => return Err(self.shared.timed_out("publish")),
+                }
             }
         }
         Ok(())

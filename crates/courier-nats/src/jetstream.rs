@@ -50,6 +50,11 @@ use crate::{BACKEND, core_nats, wire};
 /// The durable consumer every process of a queue shares.
 pub const CONSUMER: &str = "courier";
 
+/// How many publishes of a batch await their acknowledgements together, well under the
+/// client's limit of pending acknowledgements (5 000 by default); each window has its own
+/// `connect_timeout`.
+const PUBLISH_WINDOW: usize = 1_000;
+
 /// The longest a single fetch waits; longer receives fetch again.
 const LONGEST_FETCH: Duration = Duration::from_secs(30);
 
@@ -295,6 +300,19 @@ impl JetStreamMessageQueue {
         subject: &str,
         envelopes: &[MessageEnvelope],
     ) -> Result<()> {
+        for window in envelopes.chunks(PUBLISH_WINDOW) {
+            self.publish_window(js, subject, window).await?;
+        }
+        Ok(())
+    }
+
+    /// One window of [`publish_all`](Self::publish_all), within `connect_timeout`.
+    async fn publish_window(
+        &self,
+        js: &jetstream::Context,
+        subject: &str,
+        envelopes: &[MessageEnvelope],
+    ) -> Result<()> {
         let publish = async {
             let mut acks = Vec::with_capacity(envelopes.len());
             for envelope in envelopes {
@@ -482,7 +500,7 @@ async fn take_ready(
         match message {
             Ok(message) => fetched.push(message),
             Err(_) if !fetched.is_empty() => break,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
@@ -713,6 +731,7 @@ impl MessageQueue for JetStreamMessageQueue {
         let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
         loop {
             let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut failed = None;
             for message in self.fetch(&connected, wait, max).await? {
                 let delivered = deliveries(&message);
                 let mut envelope = wire::envelope(
@@ -728,17 +747,23 @@ impl MessageQueue for JetStreamMessageQueue {
                 if self.base.is_spent(delivered.saturating_sub(1)) {
                     // Delivered again after its last allowed delivery (its lock expired). A
                     // failure leaves it to come back; the batch taken so far is returned.
-                    match self.bury(&connected, &envelope, &lock).await {
-                        Err(e) if taken.is_empty() => return Err(e),
-                        _ => continue,
+                    if let Err(e) = self.bury(&connected, &envelope, &lock).await {
+                        failed.get_or_insert(e);
                     }
+                    continue;
                 }
                 envelope.set_lock_token(Some(LockToken::new(lock)));
                 self.base.received(correlation_id, &envelope);
                 taken.push(envelope);
             }
-            if !taken.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(taken);
+            // A message that could not be dead-lettered comes back later; the error is returned
+            // only when nothing else was taken.
+            match failed {
+                Some(e) if taken.is_empty() => return Err(e),
+                _ if !taken.is_empty() || tokio::time::Instant::now() >= deadline => {
+                    return Ok(taken);
+                }
+                _ => {}
             }
         }
     }

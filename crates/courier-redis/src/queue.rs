@@ -34,6 +34,10 @@ const CLAIM_FIRST_EVERY: Duration = Duration::from_millis(100);
 /// consumer still holds the entry (the request must reach the server in that time).
 const SETTLE_MARGIN: Duration = Duration::from_millis(50);
 
+/// The most entries one command of a batch call carries (`XREADGROUP COUNT`, a `MULTI` of
+/// `XADD`s).
+const BATCH_ENTRIES: usize = 500;
+
 /// How long `close` waits for fetches under way (of receives it cut short) to finish.
 const FETCH_GRACE: Duration = Duration::from_secs(2);
 
@@ -151,6 +155,13 @@ impl RedisLock {
     async fn stop_renewing(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.stop_keepalive();
         self.settling.clone().lock_owned().await
+    }
+
+    /// As [`stop_renewing`](Self::stop_renewing) if the lock is free now; `None` if a renewal
+    /// or another settler holds it.
+    fn try_stop_renewing(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.stop_keepalive();
+        self.settling.clone().try_lock_owned().ok()
     }
 
     /// Whether the entry is still held, with `margin` to spare for the request that settles it
@@ -928,7 +939,8 @@ impl MessageQueue for RedisMessageQueue {
         let mut batch = vec![first];
         while batch.len() < max && self.is_open() {
             let asked = tokio::time::Instant::now();
-            let fresh = match session.read_fresh_many(max - batch.len()).await {
+            let count = (max - batch.len()).min(BATCH_ENTRIES);
+            let fresh = match session.read_fresh_many(count).await {
                 Ok(fresh) => fresh,
                 // The batch taken so far is returned; the error comes again next time.
                 Err(_) => break,
@@ -937,9 +949,14 @@ impl MessageQueue for RedisMessageQueue {
                 break;
             }
             for taken in fresh {
-                if let Some(envelope) = self.deliver(&session, taken, asked, correlation_id).await?
-                {
-                    batch.push(envelope);
+                match self.deliver(&session, taken, asked, correlation_id).await {
+                    Ok(Some(envelope)) => batch.push(envelope),
+                    Ok(None) => {}
+                    // Not dead-lettered: it comes back when its lock runs out. The batch taken
+                    // so far is returned.
+                    Err(e) => {
+                        tracing::warn!(queue = %self.name(), error = %e, "Failed to dead-letter a message");
+                    }
                 }
             }
         }
@@ -956,20 +973,22 @@ impl MessageQueue for RedisMessageQueue {
         if envelopes.is_empty() {
             return Ok(());
         }
-        // One round trip, all or nothing (`MULTI` … `EXEC`).
-        let mut adds = redis::pipe();
-        adds.atomic();
-        for envelope in &envelopes {
-            let add = adds.cmd("XADD").arg(&self.config.stream).arg("*");
-            for (name, value) in wire::fields(envelope) {
-                add.arg(name).arg(&value[..]);
+        // One round trip per 500 messages, each a `MULTI` … `EXEC` within `connect_timeout`.
+        for chunk in envelopes.chunks(BATCH_ENTRIES) {
+            let mut adds = redis::pipe();
+            adds.atomic();
+            for envelope in chunk {
+                let add = adds.cmd("XADD").arg(&self.config.stream).arg("*");
+                for (name, value) in wire::fields(envelope) {
+                    add.arg(name).arg(&value[..]);
+                }
+                add.ignore();
             }
-            add.ignore();
+            let mut commands = session.commands.clone();
+            session
+                .within("send", adds.query_async::<()>(&mut commands))
+                .await?;
         }
-        let mut commands = session.commands.clone();
-        session
-            .within("send", adds.query_async::<()>(&mut commands))
-            .await?;
         self.base.sent_batch(correlation_id, &envelopes);
         Ok(())
     }
@@ -977,20 +996,22 @@ impl MessageQueue for RedisMessageQueue {
     async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
         let session = self.session()?;
         let margin = (self.base.options().lock_timeout / 5).max(SETTLE_MARGIN);
-        // Locks surely still ours are settled with one `XACK` and one `XDEL` of every id; the
-        // others as `complete` settles one (asking the server who holds it).
+        // Locks surely still ours, and free to settle now, are settled with one `XACK` and one
+        // `XDEL` of every id; the others as `complete` settles one (waiting for a renewal under
+        // way, asking the server who holds it), after this call let go of every lock it held:
+        // a lock listed twice, or batches settling the same locks at once, never wait on each
+        // other.
         let mut sure = Vec::new();
         let mut unsure = Vec::new();
         for message in messages {
             let Some((lock, token)) = Self::held(message) else {
                 continue;
             };
-            let settling = lock.stop_renewing().await;
-            if lock.consumer == session.consumer && lock.surely_held(margin) {
-                sure.push((settling, lock, token, message));
-            } else {
-                drop(settling);
-                unsure.push(message);
+            match lock.try_stop_renewing() {
+                Some(settling) if lock.consumer == session.consumer && lock.surely_held(margin) => {
+                    sure.push((settling, lock, token, message));
+                }
+                _ => unsure.push(message),
             }
         }
         if !sure.is_empty() {
@@ -1023,6 +1044,7 @@ impl MessageQueue for RedisMessageQueue {
                 self.base.settled(Settled::Completed, message);
             }
         }
+        drop(sure);
         for message in unsure {
             self.complete(message).await?;
         }

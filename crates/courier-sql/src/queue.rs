@@ -23,11 +23,14 @@ use crate::store::{SharedKey, SqlStore, StoreOptions, StoredRow};
 /// The options an SQL queue reads besides the shared ones (without the `options.` prefix).
 pub(crate) const SQL_OPTION_KEYS: [&str; 2] = ["poll_interval", "max_connections"];
 
-/// What a SQL queue's lock token holds: the row and the claim's random token.
+/// What a SQL queue's lock token holds: the row, the claim's random token and which queue
+/// claimed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SqlLock {
     id: i64,
     token: i64,
+    /// [`queue_key`] of the queue's name.
+    queue: u64,
     /// The lock's deadline as claimed, in microseconds since the Unix epoch.
     until: i64,
 }
@@ -231,8 +234,14 @@ impl SqlMessageQueue {
                 }
             }
         }
-        for lock in stale {
-            let _ = store.unclaim(self.name(), lock.id, lock.token).await;
+        if !stale.is_empty() {
+            // In a task: a receive dropped meanwhile must not lose the fresh ones it holds.
+            let (store, queue) = (store.clone(), self.name().to_owned());
+            self.claims.spawn(async move {
+                for lock in stale {
+                    let _ = store.unclaim(&queue, lock.id, lock.token).await;
+                }
+            });
         }
         fresh
     }
@@ -366,6 +375,9 @@ async fn claim(
             return Ok(Vec::new());
         }
         let mut claimed = Vec::with_capacity(rows.len());
+        // A row that cannot be moved to the dead-letter queue stays claimed and comes back; the
+        // error is returned only when nothing else was claimed.
+        let mut failed = None;
         for row in rows {
             let StoredRow {
                 id,
@@ -377,30 +389,47 @@ async fn claim(
             match envelope {
                 Ok(mut envelope) if !base.is_spent(deliveries.saturating_sub(1)) => {
                     envelope.set_delivery_count(deliveries);
-                    envelope.set_lock_token(Some(LockToken::new(SqlLock { id, token, until })));
+                    envelope.set_lock_token(Some(LockToken::new(SqlLock {
+                        id,
+                        token,
+                        queue: queue_key(queue),
+                        until,
+                    })));
                     claimed.push(envelope);
                 }
                 Ok(envelope) => {
                     // Its lock expired after its last allowed delivery.
-                    if store
-                        .move_locked(queue, dead_letter_queue, id, token)
-                        .await?
-                    {
-                        base.dead_lettered(&envelope);
+                    match store.move_locked(queue, dead_letter_queue, id, token).await {
+                        Ok(true) => base.dead_lettered(&envelope),
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
                     }
                 }
                 Err(why) => {
                     tracing::error!(queue, row = id, error = %why, "Moving a message that does not decode to the dead-letter queue");
-                    store
-                        .move_locked(queue, dead_letter_queue, id, token)
-                        .await?;
+                    if let Err(e) = store.move_locked(queue, dead_letter_queue, id, token).await {
+                        failed.get_or_insert(e);
+                    }
                 }
             }
+        }
+        if let Some(e) = failed.filter(|_| claimed.is_empty()) {
+            return Err(e);
         }
         if !claimed.is_empty() {
             return Ok(claimed);
         }
     }
+}
+
+/// A queue name as its locks record it, to tell this queue's locks from others'.
+fn queue_key(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn now_micros() -> i64 {
@@ -731,18 +760,19 @@ impl MessageQueue for SqlMessageQueue {
 
     async fn complete_batch(&self, messages: &[MessageEnvelope]) -> Result<()> {
         let store = self.store()?;
-        let locks: Vec<_> = messages
+        let ours = queue_key(self.name());
+        let locked: Vec<_> = messages
             .iter()
-            .filter_map(Self::lock_of)
-            .map(|lock| (lock.id, lock.token))
+            .filter_map(|m| Some((m, Self::lock_of(m).filter(|lock| lock.queue == ours)?)))
             .collect();
-        if locks.is_empty() {
+        if locked.is_empty() {
             return Ok(());
         }
+        let locks: Vec<_> = locked.iter().map(|(_, l)| (l.id, l.token)).collect();
         store.delete_batch(self.name(), &locks).await?;
-        // Each lock is now gone: deleted here, or released before (expired and taken by
-        // someone else, who holds another token).
-        for message in messages {
+        // Each of this queue's locks is now gone: deleted here, or released before (expired
+        // and claimed again, with another token). Other queues' locks are left alone.
+        for (message, _) in locked {
             if let Some(token) = message.lock_token() {
                 token.settle();
             }

@@ -687,8 +687,8 @@ impl SqlStore {
         Ok(rows)
     }
 
-    /// Deletes the messages of `queue` locked with the given `(id, lock_token)`s; returns which
-    /// of them it deleted.
+    /// Deletes the messages of `queue` locked with the given `(id, lock_token)`s; returns how
+    /// many it deleted.
     pub(crate) async fn delete_batch(&self, queue: &str, locks: &[(i64, i64)]) -> Result<u64> {
         let dialect = self.dialect();
         let fail = |e| self.fail(e).with_queue(queue);

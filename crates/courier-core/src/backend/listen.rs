@@ -21,7 +21,7 @@
 //! that fails makes its message wait [`QueueOptions::redelivery_delay`] (doubling with every
 //! delivery, up to [`QueueOptions::max_redelivery_delay`]) before it is given back.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,9 +174,9 @@ pub async fn run_listener(
     );
     let concurrency = options.listen_concurrency.max(1);
     let mut in_flight = FuturesUnordered::new();
-    // Messages taken and not yet handled to the end, by sequence number: shared with their
-    // handlers, so that the receiver is handed the envelope as received, without a copy.
-    let mut taken: HashMap<u64, Arc<MessageEnvelope>> = HashMap::with_capacity(concurrency);
+    // Messages taken and not yet handled to the end, by sequence number (given back in that
+    // order on a drain timeout): shared with their handlers, so that the receiver is handed the envelope as received, without a copy.
+    let mut taken: BTreeMap<u64, Arc<MessageEnvelope>> = BTreeMap::new();
     let mut seq = 0u64;
     let mut receive_errors = Backoff::reconnect();
     // The receive in progress survives handlers finishing: it is only dropped on stop (receive

@@ -123,12 +123,18 @@ impl Kept {
         let correlation_id = self
             .correlation_len
             .map(|len| part(self.id_len + self.type_len, len));
+        let id = part(0, self.id_len);
+        let kept_empty_id = id.is_empty();
         let mut envelope = MessageEnvelope::with_id(
-            part(0, self.id_len),
+            id,
             None,
             &part(self.id_len, self.type_len),
             self.message.clone(),
         );
+        if kept_empty_id {
+            // `with_id` gives an empty id a new one; the message keeps its own.
+            envelope.message_id.clear();
+        }
         envelope.correlation_id = correlation_id;
         envelope.sent_time = self.sent_time;
         envelope.set_delivery_count(self.delivery_count);

@@ -418,9 +418,9 @@ impl MemoryMessageQueue {
         }
     }
 
-    /// Takes up to `max` ready messages into `taken` and locks them (after releasing expired
-    /// locks): one pass over each mutex for the whole batch. Returns `Ok(None)` if it took
-    /// some; without a message, the earliest lock deadline.
+    /// Takes up to `max` ready messages into `taken` (empty) and locks them, after releasing
+    /// expired locks: one pass over each mutex for the whole batch. `Ok(Ok(()))` if it took
+    /// some; without a message, `Ok(Err(_))` with the earliest lock deadline.
     fn try_take(
         &self,
         now: Instant,
@@ -430,7 +430,6 @@ impl MemoryMessageQueue {
         self.inner.base.check_open()?;
         self.release_expired(now);
         let bounded = self.options().max_size.is_some();
-        let from = taken.count();
         {
             let mut ready = self.inner.ready.lock();
             let count = taken.take_from(&mut ready, max);
@@ -440,7 +439,7 @@ impl MemoryMessageQueue {
                 self.inner.in_transit.fetch_add(count, Ordering::AcqRel);
             }
         }
-        let count = taken.count() - from;
+        let count = taken.count();
         if count == 0 {
             return Ok(Err(self.inner.locks.lock().next_deadline()));
         }
@@ -451,23 +450,31 @@ impl MemoryMessageQueue {
             .fetch_add(count as u64, Ordering::Relaxed);
         let expires = deadline_after(now, self.options().lock_timeout);
         let id = self.inner.id;
-        let fresh = &mut taken.as_mut_slice()[from..];
-        if let [envelope] = fresh {
+        // In the lock table's critical section, as the field's rule says: a bounded send that
+        // reads both sides then sees every message once.
+        let landed = || {
+            if bounded {
+                self.inner.in_transit.fetch_sub(count, Ordering::AcqRel);
+            }
+        };
+        if let [envelope] = taken.as_mut_slice() {
+            // One message (every `receive`): no list of records.
             let held = locks::lock(envelope, id, first, expires);
-            self.with_locks(|locks| locks.insert(first, held));
+            self.with_locks(|locks| {
+                locks.insert(first, held);
+                landed();
+            });
         } else {
             let held: Vec<_> = (first..)
-                .zip(fresh)
+                .zip(taken.as_mut_slice())
                 .map(|(token, envelope)| (token, locks::lock(envelope, id, token, expires)))
                 .collect();
             self.with_locks(|locks| {
                 for (token, held) in held {
                     locks.insert(token, held);
                 }
+                landed();
             });
-        }
-        if bounded {
-            self.inner.in_transit.fetch_sub(count, Ordering::AcqRel);
         }
         Ok(Ok(()))
     }
