@@ -85,7 +85,7 @@ const INSERT: &str = "INSERT INTO courier_messages (queue, message_id, correlati
 /// The most rows one batch statement carries: 6 binds a row stays far below every dialect's
 /// limit on binds (SQLite 32 766, PostgreSQL and MySQL 65 535). Longer batches take several
 /// statements (in one transaction for inserts).
-pub(crate) const BATCH_ROWS: usize = 500;
+pub(crate) const BATCH_ROWS: usize = 250;
 
 /// Every statement, written for one dialect (placeholders included).
 #[derive(Debug)]
@@ -103,6 +103,8 @@ pub(crate) struct Statements {
     pub(crate) claim: String,
     /// MySQL: the UPDATE half of a claim. Binds: locked_until, lock_token, id.
     pub(crate) claim_update: String,
+    /// The claim of up to N rows ([`BatchStatements::claim`]), made once.
+    pub(crate) claim_batch: String,
     /// Binds: id, lock_token, queue.
     pub(crate) delete: String,
     /// Binds: id, lock_token, queue.
@@ -208,6 +210,7 @@ impl Statements {
                 INSERT.into()
             },
             claim,
+            claim_batch: BatchStatements::new(dialect, 1).claim,
             claim_update: "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
                            WHERE id = ?"
                 .into(),

@@ -641,9 +641,9 @@ impl SqlStore {
         let mut rows = on_pool!(self.inner, pool => {
             match dialect {
                 Dialect::MySql => {
-                    let sql = BatchStatements::new(dialect, 1).claim;
+                    let sql = &self.inner.sql.claim_batch;
                     let mut tx = pool.begin().await.map_err(fail)?;
-                    let found = sqlx::query(&sql).bind(queue).bind(now).bind(limit_bind).fetch_all(&mut *tx).await.map_err(fail)?;
+                    let found = sqlx::query(sql).bind(queue).bind(now).bind(limit_bind).fetch_all(&mut *tx).await.map_err(fail)?;
                     let mut rows = Vec::with_capacity(found.len());
                     for row in &found {
                         let mut stored = decode_row!(row);
@@ -663,8 +663,8 @@ impl SqlStore {
                     rows
                 }
                 Dialect::Postgres => {
-                    let sql = BatchStatements::new(dialect, 1).claim;
-                    let found = sqlx::query(&sql).bind(queue).bind(now).bind(limit_bind).bind(locked_until).bind(token).fetch_all(pool).await.map_err(fail)?;
+                    let sql = &self.inner.sql.claim_batch;
+                    let found = sqlx::query(sql).bind(queue).bind(now).bind(limit_bind).bind(locked_until).bind(token).fetch_all(pool).await.map_err(fail)?;
                     let mut rows = Vec::with_capacity(found.len());
                     for row in &found {
                         rows.push(decode_row!(row));
@@ -672,8 +672,8 @@ impl SqlStore {
                     rows
                 }
                 Dialect::Sqlite => {
-                    let sql = BatchStatements::new(dialect, 1).claim;
-                    let found = sqlx::query(&sql).bind(locked_until).bind(token).bind(queue).bind(now).bind(limit_bind).fetch_all(pool).await.map_err(fail)?;
+                    let sql = &self.inner.sql.claim_batch;
+                    let found = sqlx::query(sql).bind(locked_until).bind(token).bind(queue).bind(now).bind(limit_bind).fetch_all(pool).await.map_err(fail)?;
                     let mut rows = Vec::with_capacity(found.len());
                     for row in &found {
                         rows.push(decode_row!(row));

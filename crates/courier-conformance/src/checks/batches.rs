@@ -233,3 +233,44 @@ pub async fn complete_batch_mixes_expired_and_live_locks<H: Harness>(h: &H) {
     )
     .await;
 }
+
+/// A batch larger than any one statement, pipeline window or read carries (1 010 messages)
+/// arrives whole and exactly once, taken and completed in batches of up to 600 (a push broker
+/// hands out no more than its prefetch before some are completed). The size stays within what
+/// Mosquitto queues for a subscriber by default (1 000 queued and 20 in flight): beyond that
+/// the broker itself drops messages for a subscriber that lags.
+pub async fn large_batches_arrive_whole<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let (envelopes, sent) = numbered(1_010);
+    q.send_batch(None, envelopes).await.expect("send_batch");
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !wait.is_zero(),
+            "{}: {} of {} messages arrived",
+            q.name,
+            got.len(),
+            sent.len()
+        );
+        let batch = q
+            .receive_batch(None, 600, wait)
+            .await
+            .expect("receive_batch");
+        assert!(batch.len() <= 600, "a batch of {} for max 600", batch.len());
+        q.complete_batch(&batch).await.expect("complete_batch");
+        got.extend(ids(&batch));
+    }
+    if h.features().fifo {
+        assert_eq!(got, sent, "a large batch keeps the send order");
+    } else {
+        assert_exactly_once(&got, &sent);
+    }
+    assert_no_message(
+        &q,
+        Duration::from_millis(300),
+        "the large batch was completed",
+    )
+    .await;
+}
