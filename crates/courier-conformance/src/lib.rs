@@ -120,7 +120,8 @@ macro_rules! __with_checks {
             failing_receiver_backs_off, failing_receiver_does_not_starve_the_runtime,
             close_during_receive_uses_no_delivery, cancelled_receive_uses_no_delivery,
             batch_round_trip_in_order, receive_batch_partial_and_empty, batch_locks_hide_messages,
-            complete_batch_mixes_expired_and_live_locks, large_batches_arrive_whole
+            complete_batch_mixes_expired_and_live_locks, large_batches_arrive_whole,
+            cancelled_receive_batch_uses_no_delivery
         }
     };
 }

@@ -522,21 +522,31 @@ impl RedisMessageQueue {
             .ok_or_else(|| Error::not_opened(self.name()).with_backend(BACKEND))
     }
 
-    /// Takes the next message, blocking on the server for up to `block` if there is none. If
-    /// this future is dropped before the answer, the call is finished by a task of its own,
-    /// which gives the message back uncounted.
+    /// Takes the next message, blocking on the server for up to `block` if there is none, then
+    /// up to `max - 1` more that are new (one `XREADGROUP COUNT`). If this future is dropped
+    /// before the answer, the call is finished by a task of its own, which gives the messages
+    /// back uncounted.
     async fn fetch(
         &self,
         session: &Arc<Session>,
         block: Option<Duration>,
-    ) -> Result<Option<Entry>> {
+        max: usize,
+    ) -> Result<Vec<Entry>> {
         let fetching = session.clone();
         let mut fetch = Fetch {
             call: Some(Box::pin(async move {
-                match (fetching.take().await, block) {
+                let first = match (fetching.take().await, block) {
                     (Ok(None), Some(block)) => fetching.read_new(block).await,
                     (taken, _) => taken,
+                }?;
+                let mut entries: Vec<Entry> = first.into_iter().collect();
+                if entries.len() == 1 && max > 1 {
+                    // Errors now would only shorten the batch: what came is returned.
+                    if let Ok(more) = fetching.read_fresh_many((max - 1).min(BATCH_ENTRIES)).await {
+                        entries.extend(more);
+                    }
                 }
+                Ok(entries)
             })),
             session: session.clone(),
             tracker: self.fetches.clone(),
@@ -602,10 +612,10 @@ impl RedisMessageQueue {
     }
 }
 
-type Call = std::pin::Pin<Box<dyn Future<Output = Result<Option<Entry>>> + Send>>;
+type Call = std::pin::Pin<Box<dyn Future<Output = Result<Vec<Entry>>> + Send>>;
 
-/// A call that takes a message for a `receive`: dropped unfinished (the `receive` was
-/// dropped), it is finished by a task, which gives the message back uncounted.
+/// A call that takes messages for a `receive`: dropped unfinished (the `receive` was
+/// dropped), it is finished by a task, which gives the messages back uncounted.
 struct Fetch {
     call: Option<Call>,
     session: Arc<Session>,
@@ -614,14 +624,14 @@ struct Fetch {
 }
 
 impl Future for Fetch {
-    type Output = Result<Option<Entry>>;
+    type Output = Result<Vec<Entry>>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let Some(call) = self.call.as_mut() else {
-            return std::task::Poll::Ready(Ok(None));
+            return std::task::Poll::Ready(Ok(Vec::new()));
         };
         let fetched = std::task::ready!(call.as_mut().poll(cx));
         self.call = None;
@@ -637,9 +647,11 @@ impl Drop for Fetch {
         let session = self.session.clone();
         if tokio::runtime::Handle::try_current().is_ok() {
             self.tracker.spawn(async move {
-                if let Ok(Some(entry)) = call.await {
-                    // Nobody waits for it any more.
-                    session.give_back(entry).await;
+                if let Ok(entries) = call.await {
+                    // Nobody waits for them any more.
+                    for entry in entries {
+                        session.give_back(entry).await;
+                    }
                 }
             });
         }
@@ -894,31 +906,8 @@ impl MessageQueue for RedisMessageQueue {
         correlation_id: Option<&str>,
         wait_timeout: Duration,
     ) -> Result<Option<MessageEnvelope>> {
-        let session = self.session()?;
-        let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
-        loop {
-            // Closed while this receive waited: it ends, and hands back what came.
-            self.base.check_open()?;
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let block = (!left.is_zero()).then(|| left.min(self.config.block));
-            let asked = tokio::time::Instant::now();
-            let fetched = self.fetch(&session, block).await?;
-            if !self.is_open() {
-                if let Some(taken) = fetched {
-                    session.give_back(taken).await;
-                }
-                return Err(Error::not_opened(self.name()).with_backend(BACKEND));
-            }
-            let Some(taken) = fetched else {
-                if tokio::time::Instant::now() >= deadline {
-                    return Ok(None);
-                }
-                continue;
-            };
-            if let Some(envelope) = self.deliver(&session, taken, asked, correlation_id).await? {
-                return Ok(Some(envelope));
-            }
-        }
+        let mut taken = self.receive_batch(correlation_id, 1, wait_timeout).await?;
+        Ok(taken.pop())
     }
 
     async fn receive_batch(
@@ -928,39 +917,44 @@ impl MessageQueue for RedisMessageQueue {
         wait_timeout: Duration,
     ) -> Result<Vec<MessageEnvelope>> {
         let session = self.session()?;
+        let mut batch = Vec::new();
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(batch);
         }
-        // The first message as `receive` takes it (claims of expired locks first when due,
-        // waiting on the server), the rest with one `XREADGROUP COUNT`.
-        let Some(first) = self.receive(correlation_id, wait_timeout).await? else {
-            return Ok(Vec::new());
-        };
-        let mut batch = vec![first];
-        while batch.len() < max && self.is_open() {
+        let deadline = deadline_after(tokio::time::Instant::now(), wait_timeout);
+        loop {
+            // Closed while this receive waited: it ends, and hands back what came.
+            self.base.check_open()?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = (!left.is_zero()).then(|| left.min(self.config.block));
             let asked = tokio::time::Instant::now();
-            let count = (max - batch.len()).min(BATCH_ENTRIES);
-            let fresh = match session.read_fresh_many(count).await {
-                Ok(fresh) => fresh,
-                // The batch taken so far is returned; the error comes again next time.
-                Err(_) => break,
-            };
-            if fresh.is_empty() {
-                break;
+            let fetched = self.fetch(&session, block, max).await?;
+            if !self.is_open() {
+                for taken in fetched {
+                    session.give_back(taken).await;
+                }
+                return Err(Error::not_opened(self.name()).with_backend(BACKEND));
             }
-            for taken in fresh {
+            let mut failed = None;
+            for taken in fetched {
                 match self.deliver(&session, taken, asked, correlation_id).await {
                     Ok(Some(envelope)) => batch.push(envelope),
                     Ok(None) => {}
-                    // Not dead-lettered: it comes back when its lock runs out. The batch taken
-                    // so far is returned.
+                    // Not dead-lettered: it comes back when its lock runs out. The error is
+                    // returned only when nothing else was taken.
                     Err(e) => {
-                        tracing::warn!(queue = %self.name(), error = %e, "Failed to dead-letter a message");
+                        failed.get_or_insert(e);
                     }
                 }
             }
+            match failed {
+                Some(e) if batch.is_empty() => return Err(e),
+                _ if !batch.is_empty() || tokio::time::Instant::now() >= deadline => {
+                    return Ok(batch);
+                }
+                _ => {}
+            }
         }
-        Ok(batch)
     }
 
     async fn send_batch(

@@ -274,3 +274,54 @@ pub async fn large_batches_arrive_whole<H: Harness>(h: &H) {
     )
     .await;
 }
+
+/// A `receive_batch` dropped before it returns (inside `tokio::select!` or a timeout) uses no
+/// delivery of the messages it may have taken: with `max_deliveries` 1 they are all delivered
+/// afterwards, once each, with a delivery count of 1, and none is dead-lettered.
+pub async fn cancelled_receive_batch_uses_no_delivery<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[("max_deliveries", "1"), ("lock_timeout", "1000")]).await;
+    for pause in [Duration::ZERO, Duration::from_millis(1500)] {
+        let (envelopes, sent) = numbered(3);
+        q.send_batch(None, envelopes).await.expect("send_batch");
+        await_count(&q, 3).await;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            match tokio::time::timeout(
+                Duration::ZERO,
+                q.receive_batch(None, 3, Duration::from_millis(200)),
+            )
+            .await
+            {
+                Ok(received) => {
+                    got.extend(received.expect("receive_batch"));
+                    if !got.is_empty() {
+                        break;
+                    }
+                }
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        // A call that returned at once handed its messages out: they are settled now, before
+        // the pause outlasts their locks.
+        q.complete_batch(&got).await.expect("complete_batch");
+        // Then whatever cancelled calls may have taken outlives its lock.
+        tokio::time::sleep(pause).await;
+        let rest = collect(&q, sent.len() - got.len(), 3).await;
+        q.complete_batch(&rest).await.expect("complete_batch");
+        got.extend(rest);
+        assert_exactly_once(&ids(&got), &sent);
+        for m in &got {
+            assert_eq!(
+                m.delivery_count(),
+                1,
+                "cancelled receive_batch calls used up deliveries"
+            );
+        }
+    }
+    super::assert_no_dead_letters(
+        h,
+        &q,
+        "a message nobody was given went to the dead-letter queue",
+    )
+    .await;
+}
