@@ -264,8 +264,9 @@ pub trait MessageQueue: Send + Sync {
     ///
     /// # Cancel safety
     ///
-    /// As [`receive`](MessageQueue::receive): a dropped future took no message (the memory
-    /// and SQL queues), or its messages stay locked until their locks expire.
+    /// As [`receive`](MessageQueue::receive): a dropped future hands out no message and uses
+    /// no delivery; what it may have taken is given back (every courier backend, tested by
+    /// the conformance suite).
     async fn receive_batch(
         &self,
         correlation_id: Option<&str>,
