@@ -266,7 +266,8 @@ pub trait MessageQueue: Send + Sync {
     ///
     /// As [`receive`](MessageQueue::receive): a dropped future hands out no message and uses
     /// no delivery; what it may have taken is given back (every courier backend, tested by
-    /// the conformance suite).
+    /// the conformance suite). With the default loop, messages taken before the drop stay
+    /// locked until their locks expire.
     async fn receive_batch(
         &self,
         correlation_id: Option<&str>,
