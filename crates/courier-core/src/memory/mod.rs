@@ -1,7 +1,7 @@
 //! [`MemoryMessageQueue`]: the in-process queue, and the reference implementation of the
 //! [`MessageQueue`] semantics.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,8 +19,10 @@ use crate::{
 };
 
 mod locks;
+mod ready;
 
 use locks::{Locks, MemoryLock, Released};
+use ready::{Front, ReadyList};
 
 const BACKEND: &str = "memory";
 
@@ -79,9 +81,10 @@ pub struct MemoryMessageQueue {
 struct Inner {
     id: u64,
     base: QueueBase,
-    /// Messages ready for delivery, in order. Locked apart from `locks` so that senders and
+    /// Messages ready for delivery, in order: sends append to its inbox, receives take from its
+    /// front, under mutexes of their own. Locked apart from `locks` so that receivers and
     /// settlers do not contend; never locked while `locks` is held.
-    ready: Mutex<VecDeque<MessageEnvelope>>,
+    ready: ReadyList,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
     /// Bounded queues: messages between `ready` and `locks` (taken and not yet locked, or
@@ -97,8 +100,9 @@ struct Inner {
     /// Signalled when a message becomes ready (and on close), only when someone waits.
     arrived: Notify,
     /// How many receives wait on `arrived`: a send signals only when some do. A receive counts
-    /// itself before it looks at the ready list, and a send looks at the count after it pushed
-    /// under the ready list's mutex, so no wake-up is lost.
+    /// itself before it looks at the ready list, which it finds empty only after looking in
+    /// the inbox under the inbox's mutex; a send looks at the count after it pushed under that
+    /// mutex. So no wake-up is lost.
     waiting: AtomicUsize,
     /// Signalled when a bounded queue gets room (and on close).
     room: Notify,
@@ -157,7 +161,7 @@ impl MemoryMessageQueue {
             inner: Arc::new(Inner {
                 id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
                 base,
-                ready: Mutex::new(VecDeque::new()),
+                ready: ReadyList::default(),
                 locks: Mutex::new(Locks::default()),
                 next_token: AtomicU64::new(0),
                 in_transit: AtomicUsize::new(0),
@@ -278,12 +282,7 @@ impl MemoryMessageQueue {
     /// Drops the ready messages `forget` picks (the push layer: deliveries of a broker channel
     /// that died, which the broker delivers again); returns how many.
     pub(crate) fn forget_ready(&self, forget: impl Fn(&MessageEnvelope) -> bool) -> usize {
-        let forgotten = {
-            let mut ready = self.inner.ready.lock();
-            let before = ready.len();
-            ready.retain(|m| !forget(m));
-            before - ready.len()
-        };
+        let forgotten = self.inner.ready.lock().remove_if(forget);
         self.freed(forgotten);
         forgotten
     }
@@ -306,11 +305,14 @@ impl MemoryMessageQueue {
     /// Runs `f` on the lock table, then publishes its earliest deadline.
     fn with_locks<T>(&self, f: impl FnOnce(&mut Locks) -> T) -> T {
         let mut locks = self.inner.locks.lock();
+        let before = locks.next_deadline();
         let out = f(&mut locks);
-        let earliest = self.nanos(locks.next_deadline());
-        self.inner
-            .earliest_deadline
-            .store(earliest, Ordering::Release);
+        let after = locks.next_deadline();
+        if after != before {
+            self.inner
+                .earliest_deadline
+                .store(self.nanos(after), Ordering::Release);
+        }
         out
     }
 
@@ -328,11 +330,10 @@ impl MemoryMessageQueue {
         if count == 0 {
             return;
         }
-        {
-            let mut ready = self.inner.ready.lock();
-            ready.extend(envelopes);
-            self.landed(count);
-        }
+        self.inner.ready.extend(envelopes);
+        // Landed after the push: a bounded send may count them twice for a moment, never
+        // not at all.
+        self.landed(count);
         self.signal_arrived(count);
     }
 
@@ -352,7 +353,7 @@ impl MemoryMessageQueue {
     /// letters; what the broker says for pushes).
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
-        self.inner.ready.lock().push_back(envelope);
+        self.inner.ready.push(envelope);
         self.signal_arrived(1);
     }
 
@@ -397,7 +398,7 @@ impl MemoryMessageQueue {
 
     /// Takes the next ready message out of the queue, without locking it.
     pub(crate) fn take_ready(&self) -> Option<MessageEnvelope> {
-        let ready = self.inner.ready.lock().pop_front();
+        let ready = self.inner.ready.lock().pop();
         if ready.is_some() {
             self.freed(1);
         }
@@ -406,7 +407,7 @@ impl MemoryMessageQueue {
 
     /// Takes every ready message out of the queue.
     pub(crate) fn drain_ready(&self) -> Vec<MessageEnvelope> {
-        let ready: Vec<_> = self.inner.ready.lock().drain(..).collect();
+        let ready = self.inner.ready.lock().drain();
         self.freed(ready.len());
         ready
     }
@@ -541,7 +542,7 @@ impl MemoryMessageQueue {
                 };
                 if ready.len() + held < max_size {
                     self.inner.base.sent(correlation_id, &envelope);
-                    ready.push_back(envelope);
+                    ready.push(envelope);
                     drop(ready);
                     self.signal_arrived(1);
                     return Ok(());
@@ -622,7 +623,7 @@ impl MessageQueue for MemoryMessageQueue {
             return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
         self.inner.base.sent(correlation_id, &envelope);
-        self.inner.ready.lock().push_back(envelope);
+        self.inner.ready.push(envelope);
         self.signal_arrived(1);
         Ok(())
     }
@@ -641,7 +642,7 @@ impl MessageQueue for MemoryMessageQueue {
         }
         self.inner.base.sent_batch(correlation_id, &envelopes);
         let count = envelopes.len();
-        self.inner.ready.lock().extend(envelopes);
+        self.inner.ready.extend(envelopes);
         self.signal_arrived(count);
         Ok(())
     }
@@ -649,7 +650,7 @@ impl MessageQueue for MemoryMessageQueue {
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
         self.inner.base.check_open()?;
         self.release_expired(Instant::now());
-        let message = self.inner.ready.lock().front().cloned();
+        let message = self.inner.ready.lock().first(1).next().cloned();
         if message.is_some() {
             self.inner.base.peeked(correlation_id, 1);
         }
@@ -667,8 +668,7 @@ impl MessageQueue for MemoryMessageQueue {
             .inner
             .ready
             .lock()
-            .iter()
-            .take(message_count)
+            .first(message_count)
             .cloned()
             .collect();
         self.inner.base.peeked(correlation_id, messages.len());
@@ -825,7 +825,7 @@ trait Taken: Send {
     /// How many messages it holds.
     fn count(&self) -> usize;
     /// Moves up to `max` messages from the front of `ready` in; returns how many.
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize;
+    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize;
     /// The messages, in order.
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope];
 }
@@ -834,11 +834,11 @@ impl Taken for Option<MessageEnvelope> {
     fn count(&self) -> usize {
         usize::from(self.is_some())
     }
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
+    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize {
         if self.is_some() || max == 0 {
             return 0;
         }
-        *self = ready.pop_front();
+        *self = ready.pop();
         self.count()
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
@@ -850,11 +850,14 @@ impl Taken for Vec<MessageEnvelope> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
-        let count = max.min(ready.len());
-        self.reserve_exact(count);
-        self.extend(ready.drain(..count));
-        count
+    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize {
+        let before = self.len();
+        self.reserve(max.min(ready.len()));
+        while self.len() - before < max {
+            let Some(next) = ready.pop() else { break };
+            self.push(next);
+        }
+        self.len() - before
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
         self
