@@ -851,13 +851,7 @@ impl Taken for Vec<MessageEnvelope> {
         self.len()
     }
     fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize {
-        let before = self.len();
-        self.reserve(max.min(ready.len()));
-        while self.len() - before < max {
-            let Some(next) = ready.pop() else { break };
-            self.push(next);
-        }
-        self.len() - before
+        ready.pop_into(self, max)
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
         self

@@ -60,6 +60,24 @@ impl Front<'_> {
         self.front.pop_front()
     }
 
+    /// Moves up to `max` messages from the front of the queue to the end of `taken`, in
+    /// order; returns how many.
+    pub(super) fn pop_into(&mut self, taken: &mut Vec<MessageEnvelope>, max: usize) -> usize {
+        let before = taken.len();
+        while taken.len() - before < max {
+            if self.front.is_empty() {
+                std::mem::swap(&mut *self.front, &mut *self.inbox.lock());
+                if self.front.is_empty() {
+                    break;
+                }
+            }
+            let count = (max - (taken.len() - before)).min(self.front.len());
+            taken.reserve(count);
+            taken.extend(self.front.drain(..count));
+        }
+        taken.len() - before
+    }
+
     /// How many messages are ready.
     pub(super) fn len(&self) -> usize {
         self.front.len() + self.inbox.lock().len()
@@ -122,7 +140,17 @@ mod tests {
         assert_eq!(front.len(), 4);
         assert_eq!(front.pop().map(|m| m.message_type), Some("a".into()));
         assert_eq!(types(front.first(10)), ["b", "c", "d"]);
-        assert_eq!(types(&front.drain()), ["b", "c", "d"]);
+        let mut taken = Vec::new();
+        assert_eq!(front.pop_into(&mut taken, 2), 2);
+        assert_eq!(types(&taken), ["b", "c"]);
+        front.push(typed("e"));
+        assert_eq!(front.pop_into(&mut taken, 10), 2);
+        assert_eq!(types(&taken), ["b", "c", "d", "e"]);
+        assert_eq!(front.pop_into(&mut taken, 10), 0);
+        for t in ["f", "g"] {
+            front.push(typed(t));
+        }
+        assert_eq!(types(&front.drain()), ["f", "g"]);
         assert_eq!(front.len(), 0);
         assert!(front.pop().is_none());
     }
