@@ -307,3 +307,35 @@ fn a_misspelt_option_in_config_params_is_an_error() {
     assert_eq!(err.kind(), courier_core::ErrorKind::Config);
     assert!(err.to_string().contains("options.lock_timout"), "{err}");
 }
+
+/// The ready list is a front (what a peek looked at) and an inbox (what was sent since): a
+/// message given back goes behind both, and every message arrives once, in queue order.
+#[tokio::test]
+async fn order_holds_across_peeks_sends_and_abandons() {
+    let q = MemoryMessageQueue::new("order-across-parts");
+    q.open(None).await.unwrap();
+    for text in ["a", "b"] {
+        q.send(None, env(text)).await.unwrap();
+    }
+    let peeked = q.peek(None).await.unwrap().unwrap();
+    assert_eq!(peeked.message_as_string().unwrap(), "a");
+    let a = q.receive(None, Duration::ZERO).await.unwrap().unwrap();
+    q.send(None, env("c")).await.unwrap();
+    q.abandon(&a).await.unwrap();
+    q.send(None, env("d")).await.unwrap();
+    let peeked: Vec<_> = q
+        .peek_batch(None, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message_as_string().unwrap())
+        .collect();
+    assert_eq!(peeked, ["b", "c"]);
+    assert_eq!(q.read_message_count().await.unwrap(), 4);
+    let mut order = Vec::new();
+    while let Some(m) = q.receive(None, Duration::ZERO).await.unwrap() {
+        order.push(m.message_as_string().unwrap());
+        q.complete(&m).await.unwrap();
+    }
+    assert_eq!(order, ["b", "c", "a", "d"]);
+}

@@ -88,8 +88,9 @@ struct Inner {
     locks: Mutex<Locks>,
     next_token: AtomicU64,
     /// Bounded queues: messages between `ready` and `locks` (taken and not yet locked, or
-    /// released and not yet ready again). Changed under the mutex of the side they leave or
-    /// join, and read under both, so a bounded send always counts every message once.
+    /// released and not yet ready again). Raised under the mutex of the side they leave,
+    /// lowered once they joined the other side, and read under both mutexes, so a bounded send
+    /// counts every message at least once (twice for a moment at most).
     in_transit: AtomicUsize,
     /// When the queue was made: the origin of `earliest_deadline`.
     epoch: Instant,

@@ -51,12 +51,18 @@ pub(super) struct Front<'a> {
 }
 
 impl Front<'_> {
-    /// Takes the first message.
-    pub(super) fn pop(&mut self) -> Option<MessageEnvelope> {
+    /// Makes the inbox the front if the front is empty (the inbox then holds the whole
+    /// queue); `false` if both are empty.
+    fn refill(&mut self) -> bool {
         if self.front.is_empty() {
-            // The front is empty: the inbox holds the queue, and becomes the front.
             std::mem::swap(&mut *self.front, &mut *self.inbox.lock());
         }
+        !self.front.is_empty()
+    }
+
+    /// Takes the first message.
+    pub(super) fn pop(&mut self) -> Option<MessageEnvelope> {
+        self.refill();
         self.front.pop_front()
     }
 
@@ -64,13 +70,7 @@ impl Front<'_> {
     /// order; returns how many.
     pub(super) fn pop_into(&mut self, taken: &mut Vec<MessageEnvelope>, max: usize) -> usize {
         let before = taken.len();
-        while taken.len() - before < max {
-            if self.front.is_empty() {
-                std::mem::swap(&mut *self.front, &mut *self.inbox.lock());
-                if self.front.is_empty() {
-                    break;
-                }
-            }
+        while taken.len() - before < max && self.refill() {
             let count = (max - (taken.len() - before)).min(self.front.len());
             taken.reserve(count);
             taken.extend(self.front.drain(..count));
