@@ -308,8 +308,8 @@ fn a_misspelt_option_in_config_params_is_an_error() {
     assert!(err.to_string().contains("options.lock_timout"), "{err}");
 }
 
-/// The ready list is a front (what a peek looked at) and an inbox (what was sent since): a
-/// message given back goes behind both, and every message arrives once, in queue order.
+/// A message given back goes behind every message sent before, peeked or not, and every
+/// message arrives once, in queue order.
 #[tokio::test]
 async fn order_holds_across_peeks_sends_and_abandons() {
     let q = MemoryMessageQueue::new("order-across-parts");

@@ -1,7 +1,7 @@
 //! [`MemoryMessageQueue`]: the in-process queue, and the reference implementation of the
 //! [`MessageQueue`] semantics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,10 +19,8 @@ use crate::{
 };
 
 mod locks;
-mod ready;
 
 use locks::{Locks, MemoryLock, Released};
-use ready::{Front, ReadyList};
 
 const BACKEND: &str = "memory";
 
@@ -81,16 +79,14 @@ pub struct MemoryMessageQueue {
 struct Inner {
     id: u64,
     base: QueueBase,
-    /// Messages ready for delivery, in order: sends append to its inbox, receives take from its
-    /// front, under mutexes of their own. Locked apart from `locks` so that receivers and
+    /// Messages ready for delivery, in order. Locked apart from `locks` so that senders and
     /// settlers do not contend; never locked while `locks` is held.
-    ready: ReadyList,
+    ready: Mutex<VecDeque<MessageEnvelope>>,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
     /// Bounded queues: messages between `ready` and `locks` (taken and not yet locked, or
-    /// released and not yet ready again). Raised under the mutex of the side they leave,
-    /// lowered once they joined the other side, and read under both mutexes, so a bounded send
-    /// counts every message at least once (twice for a moment at most).
+    /// released and not yet ready again). Changed under the mutex of the side they leave or
+    /// join, and read under both, so a bounded send always counts every message once.
     in_transit: AtomicUsize,
     /// When the queue was made: the origin of `earliest_deadline`.
     epoch: Instant,
@@ -101,9 +97,8 @@ struct Inner {
     /// Signalled when a message becomes ready (and on close), only when someone waits.
     arrived: Notify,
     /// How many receives wait on `arrived`: a send signals only when some do. A receive counts
-    /// itself before it looks at the ready list, which it finds empty only after looking in
-    /// the inbox under the inbox's mutex; a send looks at the count after it pushed under that
-    /// mutex. So no wake-up is lost.
+    /// itself before it looks at the ready list, and a send looks at the count after it pushed
+    /// under the ready list's mutex, so no wake-up is lost.
     waiting: AtomicUsize,
     /// Signalled when a bounded queue gets room (and on close).
     room: Notify,
@@ -162,7 +157,7 @@ impl MemoryMessageQueue {
             inner: Arc::new(Inner {
                 id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
                 base,
-                ready: ReadyList::default(),
+                ready: Mutex::new(VecDeque::new()),
                 locks: Mutex::new(Locks::default()),
                 next_token: AtomicU64::new(0),
                 in_transit: AtomicUsize::new(0),
@@ -283,7 +278,12 @@ impl MemoryMessageQueue {
     /// Drops the ready messages `forget` picks (the push layer: deliveries of a broker channel
     /// that died, which the broker delivers again); returns how many.
     pub(crate) fn forget_ready(&self, forget: impl Fn(&MessageEnvelope) -> bool) -> usize {
-        let forgotten = self.inner.ready.lock().remove_if(forget);
+        let forgotten = {
+            let mut ready = self.inner.ready.lock();
+            let before = ready.len();
+            ready.retain(|m| !forget(m));
+            before - ready.len()
+        };
         self.freed(forgotten);
         forgotten
     }
@@ -331,10 +331,11 @@ impl MemoryMessageQueue {
         if count == 0 {
             return;
         }
-        self.inner.ready.extend(envelopes);
-        // Landed after the push: a bounded send may count them twice for a moment, never
-        // not at all.
-        self.landed(count);
+        {
+            let mut ready = self.inner.ready.lock();
+            ready.extend(envelopes);
+            self.landed(count);
+        }
         self.signal_arrived(count);
     }
 
@@ -354,7 +355,7 @@ impl MemoryMessageQueue {
     /// letters; what the broker says for pushes).
     pub(crate) fn push_incoming(&self, mut envelope: MessageEnvelope) {
         envelope.set_lock_token(None);
-        self.inner.ready.push(envelope);
+        self.inner.ready.lock().push_back(envelope);
         self.signal_arrived(1);
     }
 
@@ -399,7 +400,7 @@ impl MemoryMessageQueue {
 
     /// Takes the next ready message out of the queue, without locking it.
     pub(crate) fn take_ready(&self) -> Option<MessageEnvelope> {
-        let ready = self.inner.ready.lock().pop();
+        let ready = self.inner.ready.lock().pop_front();
         if ready.is_some() {
             self.freed(1);
         }
@@ -408,7 +409,7 @@ impl MemoryMessageQueue {
 
     /// Takes every ready message out of the queue.
     pub(crate) fn drain_ready(&self) -> Vec<MessageEnvelope> {
-        let ready = self.inner.ready.lock().drain();
+        let ready: Vec<_> = self.inner.ready.lock().drain(..).collect();
         self.freed(ready.len());
         ready
     }
@@ -543,7 +544,7 @@ impl MemoryMessageQueue {
                 };
                 if ready.len() + held < max_size {
                     self.inner.base.sent(correlation_id, &envelope);
-                    ready.push(envelope);
+                    ready.push_back(envelope);
                     drop(ready);
                     self.signal_arrived(1);
                     return Ok(());
@@ -624,7 +625,7 @@ impl MessageQueue for MemoryMessageQueue {
             return Box::pin(self.send_bounded(correlation_id, envelope)).await;
         }
         self.inner.base.sent(correlation_id, &envelope);
-        self.inner.ready.push(envelope);
+        self.inner.ready.lock().push_back(envelope);
         self.signal_arrived(1);
         Ok(())
     }
@@ -643,7 +644,7 @@ impl MessageQueue for MemoryMessageQueue {
         }
         self.inner.base.sent_batch(correlation_id, &envelopes);
         let count = envelopes.len();
-        self.inner.ready.extend(envelopes);
+        self.inner.ready.lock().extend(envelopes);
         self.signal_arrived(count);
         Ok(())
     }
@@ -651,7 +652,7 @@ impl MessageQueue for MemoryMessageQueue {
     async fn peek(&self, correlation_id: Option<&str>) -> Result<Option<MessageEnvelope>> {
         self.inner.base.check_open()?;
         self.release_expired(Instant::now());
-        let message = self.inner.ready.lock().first(1).next().cloned();
+        let message = self.inner.ready.lock().front().cloned();
         if message.is_some() {
             self.inner.base.peeked(correlation_id, 1);
         }
@@ -669,7 +670,8 @@ impl MessageQueue for MemoryMessageQueue {
             .inner
             .ready
             .lock()
-            .first(message_count)
+            .iter()
+            .take(message_count)
             .cloned()
             .collect();
         self.inner.base.peeked(correlation_id, messages.len());
@@ -826,7 +828,7 @@ trait Taken: Send {
     /// How many messages it holds.
     fn count(&self) -> usize;
     /// Moves up to `max` messages from the front of `ready` in; returns how many.
-    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize;
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize;
     /// The messages, in order.
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope];
 }
@@ -835,11 +837,11 @@ impl Taken for Option<MessageEnvelope> {
     fn count(&self) -> usize {
         usize::from(self.is_some())
     }
-    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize {
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
         if self.is_some() || max == 0 {
             return 0;
         }
-        *self = ready.pop();
+        *self = ready.pop_front();
         self.count()
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
@@ -851,8 +853,11 @@ impl Taken for Vec<MessageEnvelope> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn take_from(&mut self, ready: &mut Front<'_>, max: usize) -> usize {
-        ready.pop_into(self, max)
+    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
+        let count = max.min(ready.len());
+        self.reserve_exact(count);
+        self.extend(ready.drain(..count));
+        count
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
         self
