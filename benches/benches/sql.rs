@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use courier::sql::{
     BatchStatements, Dialect, HotStatements, SqlMessageQueue, SqlStore, StoreOptions,
-    hot_statements,
+    hot_statements, mysql_candidates,
 };
 use courier::{ConfigParams, MessageEnvelope, MessageQueue};
 use courier_benches::median;
@@ -137,14 +137,7 @@ async fn raw_take(t: &Target, queue: &str) -> bool {
     let until = now + 30_000_000;
     let id: Option<i64> = on_raw!(&t.raw, p => {
         if t.dialect == Dialect::MySql {
-            let mut tx = p.begin().await.expect("begin");
-            let row = sqlx::query(&t.sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.expect("claim");
-            let id = row.map(|r| r.get::<i64, _>("id"));
-            if let Some(id) = id {
-                sqlx::query(&t.sql.claim_update).bind(until).bind(token).bind(id).execute(&mut *tx).await.expect("claim");
-            }
-            tx.commit().await.expect("commit");
-            id
+            raw_mysql_claim(t, queue, now, until, token, 1).await.pop()
         } else {
             sqlx::query(&t.sql.claim).bind(until).bind(token).bind(queue).bind(now)
                 .fetch_optional(p).await.expect("claim").map(|r| r.get::<i64, _>("id"))
@@ -155,6 +148,61 @@ async fn raw_take(t: &Target, queue: &str) -> bool {
         sqlx::query(&t.sql.delete).bind(id).bind(token).bind(queue).execute(p).await.expect("delete");
     });
     true
+}
+
+/// A MySQL claim of up to `limit` rows, in the queue's three steps (candidates, locking read,
+/// update; see `courier_sql::mysql_candidates`), without its retry; returns the ids, in order.
+async fn raw_mysql_claim(
+    t: &Target,
+    queue: &str,
+    now: i64,
+    until: i64,
+    token: i64,
+    limit: usize,
+) -> Vec<i64> {
+    let RawPool::MySql(p) = &t.raw else {
+        unreachable!("a MySQL target")
+    };
+    let candidates = mysql_candidates(limit);
+    let lock = BatchStatements::new(Dialect::MySql, candidates).claim;
+    let mut tx = p.begin().await.expect("begin");
+    let found: Vec<i64> = sqlx::query_scalar(&t.sql.claim)
+        .bind(queue)
+        .bind(now)
+        .bind(candidates as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .expect("candidates");
+    let mut ids = Vec::new();
+    if !found.is_empty() {
+        let mut q = sqlx::query(&lock);
+        for id in found
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(0))
+            .take(candidates)
+        {
+            q = q.bind(id);
+        }
+        let rows = q
+            .bind(queue)
+            .bind(now)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .expect("claim");
+        ids = rows.iter().map(|r| r.get::<i64, _>("id")).collect();
+    }
+    if !ids.is_empty() {
+        let update = BatchStatements::new(Dialect::MySql, ids.len()).claim_update;
+        let mut q = sqlx::query(&update).bind(until).bind(token);
+        for id in &ids {
+            q = q.bind(*id);
+        }
+        q.execute(&mut *tx).await.expect("claim update");
+    }
+    tx.commit().await.expect("commit");
+    ids
 }
 
 /// One multi-row insert of `envelopes` with the queue's batch statement.
@@ -185,21 +233,7 @@ async fn raw_take_batch(t: &Target, queue: &str, limit: usize) -> usize {
     let claim = BatchStatements::new(t.dialect, 1).claim;
     let ids: Vec<i64> = on_raw!(&t.raw, p => {
         match t.dialect {
-            Dialect::MySql => {
-                let mut tx = p.begin().await.expect("begin");
-                let rows = sqlx::query(&claim).bind(queue).bind(now).bind(limit as i64).fetch_all(&mut *tx).await.expect("claim");
-                let ids: Vec<i64> = rows.iter().map(|r| r.get::<i64, _>("id")).collect();
-                if !ids.is_empty() {
-                    let update = BatchStatements::new(t.dialect, ids.len()).claim_update;
-                    let mut q = sqlx::query(&update).bind(until).bind(token);
-                    for id in &ids {
-                        q = q.bind(*id);
-                    }
-                    q.execute(&mut *tx).await.expect("claim update");
-                }
-                tx.commit().await.expect("commit");
-                ids
-            }
+            Dialect::MySql => raw_mysql_claim(t, queue, now, until, token, limit).await,
             Dialect::Postgres => sqlx::query(&claim).bind(queue).bind(now).bind(limit as i64).bind(until).bind(token)
                 .fetch_all(p).await.expect("claim").iter().map(|r| r.get::<i64, _>("id")).collect(),
             Dialect::Sqlite => sqlx::query(&claim).bind(until).bind(token).bind(queue).bind(now).bind(limit as i64)

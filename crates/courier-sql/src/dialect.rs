@@ -99,11 +99,11 @@ pub(crate) struct Statements {
     /// it also wakes LISTENers of channel `courier` with the queue's name.
     pub(crate) insert: String,
     /// Postgres and SQLite: one UPDATE … RETURNING. Binds: locked_until, lock_token, queue, now.
-    /// MySQL: the SELECT … FOR UPDATE SKIP LOCKED half. Binds: queue, now.
+    /// MySQL: the first of a claim's three steps ([`mysql_candidates`]). Binds: queue, now,
+    /// limit.
     pub(crate) claim: String,
-    /// MySQL: the UPDATE half of a claim. Binds: locked_until, lock_token, id.
-    pub(crate) claim_update: String,
-    /// The claim of up to N rows ([`BatchStatements::claim`]), made once.
+    /// The claim of up to N rows ([`BatchStatements::claim`]), made once (not used on MySQL,
+    /// whose claim depends on the number of candidates).
     pub(crate) claim_batch: String,
     /// Binds: id, lock_token, queue.
     pub(crate) delete: String,
@@ -190,9 +190,9 @@ impl Statements {
         };
         let ready = "queue = ? AND locked_until <= ?";
         let claim = match dialect {
-            Dialect::MySql => format!(
-                "SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT 1{skip_locked}"
-            ),
+            Dialect::MySql => {
+                format!("SELECT id FROM courier_messages WHERE {ready} ORDER BY id LIMIT ?")
+            }
             _ => format!(
                 "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
                  WHERE id = (SELECT id FROM courier_messages WHERE {ready} ORDER BY id LIMIT 1{skip_locked}) \
@@ -211,9 +211,6 @@ impl Statements {
             },
             claim,
             claim_batch: BatchStatements::new(dialect, 1).claim,
-            claim_update: "UPDATE courier_messages SET locked_until = ?, lock_token = ?, deliveries = deliveries + 1 \
-                           WHERE id = ?"
-                .into(),
             delete: "DELETE FROM courier_messages WHERE id = ? AND lock_token = ? AND queue = ?".into(),
             release: "UPDATE courier_messages SET locked_until = 0, lock_token = NULL \
                       WHERE id = ? AND lock_token = ? AND queue = ?"
@@ -244,7 +241,6 @@ impl Statements {
             &mut self.insert_version,
             &mut self.insert,
             &mut self.claim,
-            &mut self.claim_update,
             &mut self.delete,
             &mut self.release,
             &mut self.unclaim,
@@ -270,10 +266,12 @@ pub struct BatchStatements {
     pub insert: String,
     /// What `receive_batch` issues: one claim of up to `limit` rows. PostgreSQL: binds queue,
     /// now, limit, locked_until, lock_token. SQLite: locked_until, lock_token, queue, now,
-    /// limit. MySQL: the `SELECT … FOR UPDATE SKIP LOCKED` half; binds queue, now, limit.
+    /// limit. MySQL: the second of a claim's three steps (see [`mysql_candidates`]), a
+    /// `SELECT … FOR UPDATE SKIP LOCKED` of up to `limit` of `rows` candidates; binds each
+    /// candidate's id, queue, now, limit.
     pub claim: String,
-    /// MySQL: the `UPDATE` half of a batch claim. Binds: locked_until, lock_token, then each
-    /// row's id.
+    /// MySQL: the third step of a claim, the `UPDATE` of the rows it locked. Binds:
+    /// locked_until, lock_token, then each row's id.
     pub claim_update: String,
     /// What `complete_batch` issues. Binds: each row's id, the queue, then each row's id and
     /// lock token.
@@ -313,7 +311,9 @@ impl BatchStatements {
             Dialect::MySql => (
                 insert,
                 format!(
-                    "SELECT {ROW_COLUMNS} FROM courier_messages WHERE {ready} ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED"
+                    "SELECT {ROW_COLUMNS} FROM courier_messages WHERE id IN ({}) AND {ready} \
+                     ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
+                    list("?")
                 ),
             ),
         };
@@ -354,20 +354,38 @@ fn prefixed_columns(prefix: &str) -> String {
         .join(", ")
 }
 
+/// How many candidates a MySQL claim of up to `limit` rows reads first, and so how many ids
+/// its locking read binds (padded with 0, which is never an id): a few more than `limit`, so
+/// that rows another consumer is claiming at the same moment leave some to take, rounded up to
+/// a power of two, so that few statements are prepared.
+///
+/// A MySQL claim is three steps in one transaction:
+/// 1. a plain (consistent) read of the ids of the oldest ready rows ([`Statements`]'s claim);
+/// 2. a locking read of up to `limit` of those, skipping rows other consumers hold
+///    ([`BatchStatements::claim`]);
+/// 3. the `UPDATE` of the rows it locked ([`BatchStatements::claim_update`]).
+///
+/// A locking read alone (`… ORDER BY id LIMIT n FOR UPDATE SKIP LOCKED`) could take rows out
+/// of order: while it scans, a multi-row send may commit, so that it skips that send's first
+/// rows (still locked) and takes its last ones. The plain read sees a send's rows all or none.
+#[doc(hidden)]
+pub fn mysql_candidates(limit: usize) -> usize {
+    (limit + 16).next_power_of_two()
+}
+
 /// The statements a queue issues on the hot path, for benchmarks that issue the same ones
 /// directly with sqlx. Binds as documented on the queue's internal statements: insert (queue,
 /// message_id, correlation_id, message_type, sent_time µs, payload); claim (Postgres and
-/// SQLite: locked_until, lock_token, queue, now; MySQL: queue, now, then `claim_update` with
-/// locked_until, lock_token, id); delete (id, lock_token, queue).
+/// SQLite: locked_until, lock_token, queue, now; MySQL: the candidates' read, binds queue, now,
+/// limit, then the [`BatchStatements`] of [`mysql_candidates`]); delete (id, lock_token,
+/// queue).
 #[doc(hidden)]
 #[derive(Clone, Debug)]
 pub struct HotStatements {
     /// What `send` issues.
     pub insert: String,
-    /// What `receive` issues (the SELECT half on MySQL).
+    /// What `receive` issues (on MySQL the first of three steps, see [`mysql_candidates`]).
     pub claim: String,
-    /// MySQL: the UPDATE half of a claim.
-    pub claim_update: String,
     /// What `complete` issues.
     pub delete: String,
 }
@@ -379,7 +397,6 @@ pub fn hot_statements(dialect: Dialect) -> HotStatements {
     HotStatements {
         insert: s.insert,
         claim: s.claim,
-        claim_update: s.claim_update,
         delete: s.delete,
     }
 }
@@ -417,9 +434,12 @@ mod tests {
         let sqlite = Statements::new(Dialect::Sqlite);
         assert!(!sqlite.claim.contains("SKIP LOCKED") && sqlite.claim.contains("RETURNING"));
         let mysql = Statements::new(Dialect::MySql);
-        assert!(
-            mysql.claim.starts_with("SELECT") && mysql.claim.ends_with("FOR UPDATE SKIP LOCKED")
-        );
+        assert!(mysql.claim.starts_with("SELECT id") && !mysql.claim.contains("FOR UPDATE"));
+        let lock = BatchStatements::new(Dialect::MySql, mysql_candidates(1)).claim;
+        assert_eq!(lock.matches('?').count(), mysql_candidates(1) + 3);
+        assert!(lock.ends_with("FOR UPDATE SKIP LOCKED"));
+        assert_eq!(mysql_candidates(1), 32);
+        assert_eq!(mysql_candidates(250), 512);
         assert_eq!(
             mysql.schema.len(),
             2,

@@ -69,7 +69,9 @@ mod dialect;
 mod queue;
 mod store;
 
-pub use dialect::{BatchStatements, Dialect, HotStatements, SCHEMA_VERSION, hot_statements};
+pub use dialect::{
+    BatchStatements, Dialect, HotStatements, SCHEMA_VERSION, hot_statements, mysql_candidates,
+};
 pub use queue::SqlMessageQueue;
 pub use store::{SqlStore, StoreOptions};
 

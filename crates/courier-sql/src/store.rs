@@ -13,7 +13,12 @@ use parking_lot::Mutex;
 use sqlx::Row as _;
 use tokio::sync::Notify;
 
-use crate::dialect::{BATCH_ROWS, BatchStatements, Dialect, SCHEMA_VERSION, Statements};
+use crate::dialect::{
+    BATCH_ROWS, BatchStatements, Dialect, SCHEMA_VERSION, Statements, mysql_candidates,
+};
+
+/// How often a MySQL claim reads candidates again when others are claiming all of them.
+const MYSQL_CLAIM_ROUNDS: usize = 4;
 
 #[derive(Clone, Debug)]
 enum Pool {
@@ -641,9 +646,34 @@ impl SqlStore {
         let mut rows = on_pool!(self.inner, pool => {
             match dialect {
                 Dialect::MySql => {
-                    let sql = &self.inner.sql.claim_batch;
+                    // Three steps (see `mysql_candidates`): the candidates' ids by a plain read,
+                    // a locking read of some of them, the update of those.
+                    let candidates = mysql_candidates(limit);
+                    let lock = BatchStatements::new(dialect, candidates).claim;
                     let mut tx = pool.begin().await.map_err(fail)?;
-                    let found = sqlx::query(sql).bind(queue).bind(now).bind(limit_bind).fetch_all(&mut *tx).await.map_err(fail)?;
+                    let mut found = Vec::new();
+                    for _ in 0..MYSQL_CLAIM_ROUNDS {
+                        let ids: Vec<i64> = sqlx::query_scalar(&self.inner.sql.claim)
+                            .bind(queue)
+                            .bind(now)
+                            .bind(i64::try_from(candidates).unwrap_or(i64::MAX))
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(fail)?;
+                        if ids.is_empty() {
+                            break;
+                        }
+                        let mut query = sqlx::query(&lock);
+                        for id in ids.iter().copied().chain(std::iter::repeat(0)).take(candidates) {
+                            query = query.bind(id);
+                        }
+                        found = query.bind(queue).bind(now).bind(limit_bind).fetch_all(&mut *tx).await.map_err(fail)?;
+                        if !found.is_empty() {
+                            break;
+                        }
+                        // Every candidate is being claimed by someone else: read again, past
+                        // them once their claims are committed.
+                    }
                     let mut rows = Vec::with_capacity(found.len());
                     for row in &found {
                         let mut stored = decode_row!(row);
@@ -741,26 +771,8 @@ impl SqlStore {
         let sql = &self.inner.sql;
         let row = on_pool!(self.inner, pool => {
             if sql.dialect == Dialect::MySql {
-                let mut tx = pool.begin().await.map_err(|e| self.fail(e).with_queue(queue))?;
-                let row = sqlx::query(&sql.claim).bind(queue).bind(now).fetch_optional(&mut *tx).await.map_err(|e| self.fail(e).with_queue(queue))?;
-                let row = match row {
-                    Some(row) => {
-                        let mut stored = decode_row!(&row);
-                        sqlx::query(&sql.claim_update)
-                            .bind(locked_until)
-                            .bind(token)
-                            .bind(stored.id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| self.fail(e).with_queue(queue))?;
-                        stored.deliveries += 1;
-                        stored.lock_token = Some(token);
-                        Some(stored)
-                    }
-                    None => None,
-                };
-                tx.commit().await.map_err(|e| self.fail(e).with_queue(queue))?;
-                row
+                // The batch claim's three steps, for one row.
+                self.claim_batch(queue, now, locked_until, token, 1).await?.pop()
             } else {
                 let row = sqlx::query(&sql.claim)
                     .bind(locked_until)
