@@ -42,15 +42,22 @@ pub async fn raw_channel(pairs: usize, messages: u64, payload: &Bytes) -> Durati
     start.elapsed()
 }
 
+/// `pairs` new, open memory queues, each behind `Arc<dyn MessageQueue>`.
+async fn open_memory_queues(pairs: usize) -> Vec<std::sync::Arc<dyn MessageQueue>> {
+    let mut queues = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        let queue: std::sync::Arc<dyn MessageQueue> =
+            std::sync::Arc::new(MemoryMessageQueue::new(&format!("bench-{i}")));
+        queue.open(None).await.expect("open");
+        queues.push(queue);
+    }
+    queues
+}
+
 /// `messages` envelopes through each of `pairs` memory queues, through the `MessageQueue`
 /// trait: send, receive, complete. Returns the elapsed time.
 pub async fn courier_memory(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
-    let queues: Vec<std::sync::Arc<dyn MessageQueue>> = (0..pairs)
-        .map(|i| std::sync::Arc::new(MemoryMessageQueue::new(&format!("bench-{i}"))) as _)
-        .collect();
-    for q in &queues {
-        q.open(None).await.expect("open");
-    }
+    let queues = open_memory_queues(pairs).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for q in &queues {
@@ -87,12 +94,7 @@ pub async fn courier_memory_batched(
     payload: &Bytes,
     batch: usize,
 ) -> Duration {
-    let queues: Vec<std::sync::Arc<dyn MessageQueue>> = (0..pairs)
-        .map(|i| std::sync::Arc::new(MemoryMessageQueue::new(&format!("bench-batch-{i}"))) as _)
-        .collect();
-    for q in &queues {
-        q.open(None).await.expect("open");
-    }
+    let queues = open_memory_queues(pairs).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for q in &queues {

@@ -596,6 +596,31 @@ impl RedisMessageQueue {
         Some((token.downcast_ref::<RedisLock>()?, token))
     }
 
+    /// Acknowledges and deletes the entries `ids` in one `MULTI` (`XACK`, `XDEL`), without
+    /// asking who holds them: for locks surely still this consumer's. A group that is gone (a
+    /// restart without persistence) took the entries with it, and is no error.
+    async fn ack_and_delete(&self, session: &Session, ids: &[&str]) -> Result<()> {
+        let mut done = redis::pipe();
+        done.atomic()
+            .cmd("XACK")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.config.stream)
+            .arg(ids)
+            .ignore();
+        let mut commands = session.commands.clone();
+        match session
+            .within("complete", done.query_async::<()>(&mut commands))
+            .await
+        {
+            Err(e) if is_missing_group(&e) => Ok(()),
+            done => done,
+        }
+    }
+
     fn envelopes(value: &Value) -> Vec<MessageEnvelope> {
         let Value::Array(items) = value else {
             return Vec::new();
@@ -1009,30 +1034,11 @@ impl MessageQueue for RedisMessageQueue {
             }
         }
         if !sure.is_empty() {
-            let mut done = redis::pipe();
-            done.atomic();
-            let ack = done
-                .cmd("XACK")
-                .arg(&self.config.stream)
-                .arg(&self.config.group);
-            for (_, lock, _, _) in &sure {
-                ack.arg(&lock.id);
-            }
-            ack.ignore();
-            let del = done.cmd("XDEL").arg(&self.config.stream);
-            for (_, lock, _, _) in &sure {
-                del.arg(&lock.id);
-            }
-            del.ignore();
-            let mut commands = session.commands.clone();
-            match session
-                .within("complete", done.query_async::<()>(&mut commands))
-                .await
-            {
-                // The group is gone (a restart without persistence), and the entries with it.
-                Err(e) if is_missing_group(&e) => {}
-                done => done?,
-            }
+            let ids: Vec<&str> = sure
+                .iter()
+                .map(|(_, lock, _, _)| lock.id.as_str())
+                .collect();
+            self.ack_and_delete(&session, &ids).await?;
             for (_, _, token, message) in &sure {
                 token.settle();
                 self.base.settled(Settled::Completed, message);
@@ -1124,26 +1130,7 @@ impl MessageQueue for RedisMessageQueue {
         let ours = lock.consumer == session.consumer;
         if ours && lock.surely_held((lock_timeout / 5).max(SETTLE_MARGIN)) {
             // Nobody else can hold it yet: no need to ask the server who does.
-            let mut done = redis::pipe();
-            done.atomic()
-                .cmd("XACK")
-                .arg(&self.config.stream)
-                .arg(&self.config.group)
-                .arg(&lock.id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(&self.config.stream)
-                .arg(&lock.id)
-                .ignore();
-            let mut commands = session.commands.clone();
-            match session
-                .within("complete", done.query_async::<()>(&mut commands))
-                .await
-            {
-                // The group is gone (a restart without persistence), and the entry with it.
-                Err(e) if is_missing_group(&e) => {}
-                done => done?,
-            }
+            self.ack_and_delete(&session, &[lock.id.as_str()]).await?;
         } else {
             session
                 .eval(

@@ -692,18 +692,14 @@ impl SqlStore {
                     tx.commit().await.map_err(fail)?;
                     rows
                 }
-                Dialect::Postgres => {
-                    let sql = &self.inner.sql.claim_batch;
-                    let found = sqlx::query(sql).bind(queue).bind(now).bind(limit_bind).bind(locked_until).bind(token).fetch_all(pool).await.map_err(fail)?;
-                    let mut rows = Vec::with_capacity(found.len());
-                    for row in &found {
-                        rows.push(decode_row!(row));
-                    }
-                    rows
-                }
-                Dialect::Sqlite => {
-                    let sql = &self.inner.sql.claim_batch;
-                    let found = sqlx::query(sql).bind(locked_until).bind(token).bind(queue).bind(now).bind(limit_bind).fetch_all(pool).await.map_err(fail)?;
+                Dialect::Postgres | Dialect::Sqlite => {
+                    let query = sqlx::query(&self.inner.sql.claim_batch);
+                    let query = if dialect == Dialect::Postgres {
+                        query.bind(queue).bind(now).bind(limit_bind).bind(locked_until).bind(token)
+                    } else {
+                        query.bind(locked_until).bind(token).bind(queue).bind(now).bind(limit_bind)
+                    };
+                    let found = query.fetch_all(pool).await.map_err(fail)?;
                     let mut rows = Vec::with_capacity(found.len());
                     for row in &found {
                         rows.push(decode_row!(row));
