@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use courier_benches::{
-    courier_memory, courier_memory_batched, courier_wakeup, median, omniqueue_memory, payload,
-    raw_channel, raw_wakeup,
+    contract_floor, contract_floor_batched, courier_memory, courier_memory_batched, courier_wakeup,
+    median, omniqueue_memory, payload, raw_channel, raw_wakeup,
 };
 use criterion::{BenchmarkId, Criterion, Throughput};
 
@@ -58,26 +58,36 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// Interleaved rounds of the three workloads; prints messages per second and the ratios.
+/// Interleaved rounds of the workloads; prints messages per second and the ratios. The contract
+/// floors (`courier_benches::floor`) show how close any queue keeping the `MessageQueue`
+/// contract can come to the raw channel.
 fn ratio_report() {
     let rt = runtime();
     const MESSAGES: u64 = 50_000;
     const ROUNDS: usize = 7;
     println!("\nratio report: {MESSAGES} messages per pair, median of {ROUNDS} interleaved rounds");
     println!(
-        "| payload | pairs | raw mpsc msg/s | courier msg/s | courier batches of {BATCH} msg/s | omniqueue msg/s | courier/raw | courier/omniqueue | batches/raw |"
+        "| payload | pairs | raw mpsc msg/s | courier msg/s | courier batches of {BATCH} msg/s | omniqueue msg/s | courier/raw | courier/omniqueue | batches/raw | floor/raw | batched floor/raw |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (size, pairs) in CASES {
         let body = payload(size);
-        let (mut raw, mut ours, mut batched, mut omni) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut raw, mut ours, mut batched, mut omni, mut floor, mut floor_batched) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         rt.block_on(async {
             for _ in 0..ROUNDS {
                 raw.push(raw_channel(pairs, MESSAGES, &body).await);
                 ours.push(courier_memory(pairs, MESSAGES, &body).await);
                 batched.push(courier_memory_batched(pairs, MESSAGES, &body, BATCH).await);
                 omni.push(omniqueue_memory(pairs, MESSAGES, &body).await);
+                floor.push(contract_floor(pairs, MESSAGES, &body).await);
+                floor_batched.push(contract_floor_batched(pairs, MESSAGES, &body, BATCH).await);
             }
         });
         let rate = |d: Duration| (MESSAGES * pairs as u64) as f64 / d.as_secs_f64();
@@ -87,11 +97,14 @@ fn ratio_report() {
             rate(median(batched)),
             rate(median(omni)),
         );
+        let (floor, floor_batched) = (rate(median(floor)), rate(median(floor_batched)));
         println!(
-            "| {size} B | {pairs} | {raw:.0} | {ours:.0} | {batched:.0} | {omni:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {size} B | {pairs} | {raw:.0} | {ours:.0} | {batched:.0} | {omni:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             ours / raw,
             ours / omni,
-            batched / raw
+            batched / raw,
+            floor / raw,
+            floor_batched / raw
         );
     }
     let (ours, raw) = rt.block_on(async { (courier_wakeup(2000).await, raw_wakeup(2000).await) });

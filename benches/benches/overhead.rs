@@ -60,7 +60,7 @@ fn main() {
         let held = LIVE.load(Ordering::Relaxed) - before;
         let per_message = held as f64 / MESSAGES as f64;
         println!(
-            "memory queue: {per_message:.0} heap bytes per queued {PAYLOAD}-byte message: {:.0} bytes of overhead (envelope struct of {} bytes in the ready list with its growth slack, id, type and correlation id strings)",
+            "memory queue: {per_message:.0} heap bytes per queued {PAYLOAD}-byte message: {:.0} bytes of overhead (envelope struct of {} bytes in a block of the ready list, id, type and correlation id strings)",
             per_message - PAYLOAD as f64,
             std::mem::size_of::<MessageEnvelope>(),
         );

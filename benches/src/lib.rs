@@ -8,6 +8,10 @@ use courier::{MemoryMessageQueue, MessageEnvelope, MessageQueue};
 use omniqueue::backends::InMemoryBackend;
 use tokio::sync::mpsc;
 
+mod floor;
+
+pub use floor::{contract_floor, contract_floor_batched};
+
 /// A payload of `size` bytes.
 pub fn payload(size: usize) -> Bytes {
     Bytes::from(vec![b'x'; size])

@@ -19,7 +19,8 @@
 //! Watermill's universal Pub/Sub suite that apply to a queue, and what both lack: lock expiry,
 //! lock renewal, `max_deliveries`, the dead-letter round trip, draining on close and on
 //! `end_listen`, concurrent producers and consumers with exactly-once completion accounting,
-//! and cancel safety of `receive` inside `tokio::select!`.
+//! cancel safety of `receive` inside `tokio::select!`, and receive loops that yield to the
+//! runtime's other tasks.
 //!
 //! # Environment
 //!
@@ -118,6 +119,7 @@ macro_rules! __with_checks {
             end_listen_drains_without_loss, end_listen_before_the_loop_starts, close_drains_in_flight_handler,
             clear_does_not_restart_listener, receive_is_cancel_safe,
             failing_receiver_backs_off, failing_receiver_does_not_starve_the_runtime,
+            receive_loops_yield_to_other_tasks,
             close_during_receive_uses_no_delivery, cancelled_receive_uses_no_delivery,
             batch_round_trip_in_order, receive_batch_partial_and_empty, batch_locks_hide_messages,
             complete_batch_mixes_expired_and_live_locks, large_batches_arrive_whole,

@@ -1,12 +1,14 @@
-//! Many producers and consumers at once, and `receive` cancelled inside `tokio::select!`.
+//! Many producers and consumers at once, `receive` cancelled inside `tokio::select!`, and
+//! receive loops that yield to the runtime's other tasks.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use courier_core::{MessageEnvelope, MessageQueue};
 use parking_lot::Mutex;
 
-use super::{assert_exactly_once, drain};
+use super::{assert_exactly_once, drain, send_numbered};
 use crate::support::WAIT;
 use crate::{Harness, TestQueue};
 
@@ -147,4 +149,50 @@ pub async fn cancelled_receive_uses_no_delivery<H: Harness>(h: &H) {
         "a message nobody was given went to the dead-letter queue",
     )
     .await;
+}
+
+/// How many messages the loop of [`receive_loops_yield_to_other_tasks`] takes: over twice
+/// Tokio's budget of 128 operations a task may do before it is made to yield.
+const LONG_LOOP: usize = 300;
+
+/// A loop of receives and completes over a backlog yields to the runtime now and then, as a
+/// loop over a Tokio channel does, even where every call could finish at once (an in-memory
+/// queue). On a current-thread runtime a loop that never yielded would hold up every other
+/// task, timers included, until the backlog was gone. Counted by polls, so that the check
+/// means the same on every runtime and under any load.
+pub async fn receive_loops_yield_to_other_tasks<H: Harness>(h: &H) {
+    let q = TestQueue::open(h, &[]).await;
+    let sent = send_numbered(&q, LONG_LOOP).await;
+    let (got, yields) = count_yields(async {
+        let mut ids = Vec::with_capacity(LONG_LOOP);
+        while ids.len() < LONG_LOOP {
+            let Some(m) = q.receive(None, WAIT).await.expect("receive") else {
+                break;
+            };
+            q.complete(&m).await.expect("complete");
+            ids.push(m.message_id.clone());
+        }
+        ids
+    })
+    .await;
+    assert!(
+        yields >= 2,
+        "{LONG_LOOP} receives yielded {yields} times: other tasks could not run meanwhile"
+    );
+    assert_exactly_once(&got, &sent);
+}
+
+/// Runs `future` to its end; returns its output and how many times it returned `Pending`.
+async fn count_yields<F: Future>(future: F) -> (F::Output, usize) {
+    let mut future = std::pin::pin!(future);
+    let mut pending = 0;
+    let output = std::future::poll_fn(|cx| {
+        let poll = future.as_mut().poll(cx);
+        if poll.is_pending() {
+            pending += 1;
+        }
+        poll
+    })
+    .await;
+    (output, pending)
 }

@@ -1,7 +1,7 @@
 //! [`MemoryMessageQueue`]: the in-process queue, and the reference implementation of the
 //! [`MessageQueue`] semantics.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,8 +19,10 @@ use crate::{
 };
 
 mod locks;
+mod ready;
 
 use locks::{Locks, MemoryLock, Released};
+use ready::ReadyList;
 
 const BACKEND: &str = "memory";
 
@@ -33,6 +35,12 @@ static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 /// locks, `renew_lock`, delivery counts, `max_deliveries`, a real dead-letter queue (a
 /// `MemoryMessageQueue` too, see [`dead_letter_queue`](Self::dead_letter_queue)), optional
 /// bounded capacity with back-pressure, and event-driven `receive` (no polling).
+///
+/// `receive` and `receive_batch` take part in Tokio's cooperative scheduling as a Tokio
+/// channel's `recv` does: each spends a unit of the task's budget, so that a loop over a long
+/// backlog yields to the runtime's other tasks now and then instead of holding a
+/// current-thread runtime until the backlog is gone. An unbounded `send`, like
+/// `UnboundedSender::send`, never waits; a bounded one waits for room.
 ///
 /// Cloning gives another handle to the same queue.
 ///
@@ -81,7 +89,7 @@ struct Inner {
     base: QueueBase,
     /// Messages ready for delivery, in order. Locked apart from `locks` so that senders and
     /// settlers do not contend; never locked while `locks` is held.
-    ready: Mutex<VecDeque<MessageEnvelope>>,
+    ready: Mutex<ReadyList>,
     locks: Mutex<Locks>,
     next_token: AtomicU64,
     /// Bounded queues: messages between `ready` and `locks` (taken and not yet locked, or
@@ -157,7 +165,7 @@ impl MemoryMessageQueue {
             inner: Arc::new(Inner {
                 id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
                 base,
-                ready: Mutex::new(VecDeque::new()),
+                ready: Mutex::new(ReadyList::default()),
                 locks: Mutex::new(Locks::default()),
                 next_token: AtomicU64::new(0),
                 in_transit: AtomicUsize::new(0),
@@ -409,7 +417,7 @@ impl MemoryMessageQueue {
 
     /// Takes every ready message out of the queue.
     pub(crate) fn drain_ready(&self) -> Vec<MessageEnvelope> {
-        let ready: Vec<_> = self.inner.ready.lock().drain(..).collect();
+        let ready = self.inner.ready.lock().take_all();
         self.freed(ready.len());
         ready
     }
@@ -516,8 +524,18 @@ impl MemoryMessageQueue {
         if max == 0 {
             return self.inner.base.check_open();
         }
-        let start = Instant::now();
-        if self.try_take(start, max, taken)?.is_err() && !wait_timeout.is_zero() {
+        // Like Tokio's own channels, a take spends a unit of the task's budget, so that a loop
+        // over a long backlog yields to the other tasks now and then.
+        let (start, ready) = {
+            let coop = std::future::poll_fn(tokio::task::coop::poll_proceed).await;
+            let start = Instant::now();
+            let ready = self.try_take(start, max, taken)?;
+            if ready.is_ok() {
+                coop.made_progress();
+            }
+            (start, ready)
+        };
+        if ready.is_err() && !wait_timeout.is_zero() {
             // The waiting path is boxed so that the common, ready case stays a small future.
             Box::pin(self.wait_and_take(deadline_after(start, wait_timeout), max, taken)).await?;
         }
@@ -828,7 +846,7 @@ trait Taken: Send {
     /// How many messages it holds.
     fn count(&self) -> usize;
     /// Moves up to `max` messages from the front of `ready` in; returns how many.
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize;
+    fn take_from(&mut self, ready: &mut ReadyList, max: usize) -> usize;
     /// The messages, in order.
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope];
 }
@@ -837,7 +855,7 @@ impl Taken for Option<MessageEnvelope> {
     fn count(&self) -> usize {
         usize::from(self.is_some())
     }
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
+    fn take_from(&mut self, ready: &mut ReadyList, max: usize) -> usize {
         if self.is_some() || max == 0 {
             return 0;
         }
@@ -853,11 +871,8 @@ impl Taken for Vec<MessageEnvelope> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn take_from(&mut self, ready: &mut VecDeque<MessageEnvelope>, max: usize) -> usize {
-        let count = max.min(ready.len());
-        self.reserve_exact(count);
-        self.extend(ready.drain(..count));
-        count
+    fn take_from(&mut self, ready: &mut ReadyList, max: usize) -> usize {
+        ready.take_front(max, self)
     }
     fn as_mut_slice(&mut self) -> &mut [MessageEnvelope] {
         self
