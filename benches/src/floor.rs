@@ -225,36 +225,29 @@ impl Floor for FloorQueue {
 }
 
 /// `pairs` model queues behind trait objects.
-fn floor_queues(pairs: usize) -> Vec<Arc<dyn Floor>> {
-    (0..pairs)
-        .map(|_| Arc::new(FloorQueue::new()) as Arc<dyn Floor>)
-        .collect()
+fn floor_queues(pairs: usize) -> impl Iterator<Item = Arc<dyn Floor>> {
+    (0..pairs).map(|_| Arc::new(FloorQueue::new()) as Arc<dyn Floor>)
 }
 
 /// `messages` envelopes through each of `pairs` model queues (see the module docs), through a
 /// trait object: send, receive, complete. Returns the elapsed time.
 pub async fn contract_floor(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
-    let queues = floor_queues(pairs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for q in &queues {
-        let (producer, consumer, payload) = (q.clone(), q.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
+    super::run_pairs(floor_queues(pairs).map(|q| {
+        let (producer, consumer, payload) = (q.clone(), q, payload.clone());
+        let producer = async move {
             for _ in 0..messages {
                 producer.send(super::envelope(&payload)).await;
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             for _ in 0..messages {
                 let m = consumer.receive().await.expect("a message");
                 consumer.complete(&m).await;
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    start.elapsed()
+        };
+        (producer, consumer)
+    }))
+    .await
 }
 
 /// As [`contract_floor`], in batches of `batch`. Returns the elapsed time.
@@ -264,22 +257,16 @@ pub async fn contract_floor_batched(
     payload: &Bytes,
     batch: usize,
 ) -> Duration {
-    let queues = floor_queues(pairs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for q in &queues {
-        let (producer, consumer, payload) = (q.clone(), q.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut left = messages as usize;
-            while left > 0 {
-                let n = left.min(batch);
+    super::run_pairs(floor_queues(pairs).map(|q| {
+        let (producer, consumer, payload) = (q.clone(), q, payload.clone());
+        let producer = async move {
+            for n in super::batch_sizes(messages, batch) {
                 producer
                     .send_batch((0..n).map(|_| super::envelope(&payload)).collect())
                     .await;
-                left -= n;
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             let mut left = messages as usize;
             while left > 0 {
                 let got = consumer.receive_batch(batch.min(left)).await;
@@ -287,12 +274,10 @@ pub async fn contract_floor_batched(
                 consumer.complete_batch(&got).await;
                 left -= got.len();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    start.elapsed()
+        };
+        (producer, consumer)
+    }))
+    .await
 }
 
 #[cfg(test)]

@@ -24,26 +24,49 @@ fn envelope(payload: &Bytes) -> MessageEnvelope {
 /// `messages` envelopes through each of `pairs` raw unbounded channels, one producer and one
 /// consumer task per channel. Returns the elapsed time.
 pub async fn raw_channel(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..pairs {
+    run_pairs((0..pairs).map(|_| {
         let (tx, mut rx) = mpsc::unbounded_channel::<MessageEnvelope>();
         let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+        let producer = async move {
             for _ in 0..messages {
                 tx.send(envelope(&payload)).expect("send");
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             for _ in 0..messages {
                 std::hint::black_box(rx.recv().await.expect("recv"));
             }
-        }));
-    }
+        };
+        (producer, consumer)
+    }))
+    .await
+}
+
+/// Runs a producer and a consumer task for each of `pairs`, all at once; returns the time until
+/// the last ended.
+async fn run_pairs<P, C>(pairs: impl IntoIterator<Item = (P, C)>) -> Duration
+where
+    P: std::future::Future<Output = ()> + Send + 'static,
+    C: std::future::Future<Output = ()> + Send + 'static,
+{
+    let pairs: Vec<_> = pairs.into_iter().collect();
+    let start = Instant::now();
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .flat_map(|(producer, consumer)| [tokio::spawn(producer), tokio::spawn(consumer)])
+        .collect();
     for t in tasks {
         t.await.expect("task");
     }
     start.elapsed()
+}
+
+/// The sizes of the batches that send `messages` in batches of `batch`.
+fn batch_sizes(messages: u64, batch: usize) -> impl Iterator<Item = usize> {
+    let messages = messages as usize;
+    (0..messages)
+        .step_by(batch.max(1))
+        .map(move |sent| batch.max(1).min(messages - sent))
 }
 
 /// `pairs` new, open memory queues, each behind `Arc<dyn MessageQueue>`.
@@ -62,18 +85,14 @@ async fn open_memory_queues(pairs: usize) -> Vec<std::sync::Arc<dyn MessageQueue
 /// trait: send, receive, complete. Returns the elapsed time.
 pub async fn courier_memory(pairs: usize, messages: u64, payload: &Bytes) -> Duration {
     let queues = open_memory_queues(pairs).await;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for q in &queues {
-        let producer = q.clone();
-        let consumer = q.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+    run_pairs(queues.into_iter().map(|q| {
+        let (producer, consumer, payload) = (q.clone(), q, payload.clone());
+        let producer = async move {
             for _ in 0..messages {
                 producer.send(None, envelope(&payload)).await.expect("send");
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             for _ in 0..messages {
                 let m = consumer
                     .receive(None, Duration::from_secs(10))
@@ -82,12 +101,10 @@ pub async fn courier_memory(pairs: usize, messages: u64, payload: &Bytes) -> Dur
                     .expect("a message");
                 consumer.complete(&m).await.expect("complete");
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    start.elapsed()
+        };
+        (producer, consumer)
+    }))
+    .await
 }
 
 /// As [`courier_memory`], in batches of `batch`: `send_batch`, `receive_batch`,
@@ -99,25 +116,18 @@ pub async fn courier_memory_batched(
     batch: usize,
 ) -> Duration {
     let queues = open_memory_queues(pairs).await;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for q in &queues {
-        let producer = q.clone();
-        let consumer = q.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut left = messages as usize;
-            while left > 0 {
-                let n = left.min(batch);
+    run_pairs(queues.into_iter().map(|q| {
+        let (producer, consumer, payload) = (q.clone(), q, payload.clone());
+        let producer = async move {
+            for n in batch_sizes(messages, batch) {
                 let envelopes = (0..n).map(|_| envelope(&payload)).collect();
                 producer
                     .send_batch(None, envelopes)
                     .await
                     .expect("send_batch");
-                left -= n;
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             let mut left = messages as usize;
             while left > 0 {
                 let got = consumer
@@ -128,12 +138,10 @@ pub async fn courier_memory_batched(
                 consumer.complete_batch(&got).await.expect("complete_batch");
                 left -= got.len();
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    start.elapsed()
+        };
+        (producer, consumer)
+    }))
+    .await
 }
 
 /// `messages` payloads through each of `pairs` omniqueue in-memory queues: `send_raw`,
@@ -148,26 +156,22 @@ pub async fn omniqueue_memory(pairs: usize, messages: u64, payload: &Bytes) -> D
                 .expect("omniqueue pair"),
         );
     }
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (producer, mut consumer) in built {
+    run_pairs(built.into_iter().map(|(producer, mut consumer)| {
         let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+        let producer = async move {
             for _ in 0..messages {
                 producer.send_raw(&payload).await.expect("send_raw");
             }
-        }));
-        tasks.push(tokio::spawn(async move {
+        };
+        let consumer = async move {
             for _ in 0..messages {
                 let d = consumer.receive().await.expect("receive");
                 d.ack().await.map_err(|(e, _)| e).expect("ack");
             }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("task");
-    }
-    start.elapsed()
+        };
+        (producer, consumer)
+    }))
+    .await
 }
 
 /// Median time from the start of a `send` to the return of a `receive` that was already
@@ -325,4 +329,29 @@ where
         .build()
         .expect("runtime")
         .block_on(body());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_cover_every_message_once() {
+        assert_eq!(batch_sizes(70, 32).collect::<Vec<_>>(), [32, 32, 6]);
+        assert_eq!(batch_sizes(64, 32).collect::<Vec<_>>(), [32, 32]);
+        assert_eq!(batch_sizes(0, 32).count(), 0);
+    }
+
+    #[tokio::test]
+    async fn every_workload_moves_its_messages() {
+        let payload = payload(16);
+        for pairs in [1, 3] {
+            courier_memory(pairs, 50, &payload).await;
+            courier_memory_batched(pairs, 50, &payload, 8).await;
+            contract_floor(pairs, 50, &payload).await;
+            contract_floor_batched(pairs, 50, &payload, 8).await;
+            raw_channel(pairs, 50, &payload).await;
+            omniqueue_memory(pairs, 50, &payload).await;
+        }
+    }
 }
